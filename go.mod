@@ -3,12 +3,14 @@ module github.com/vcagent/vcagent
 go 1.25.0
 
 require (
-	github.com/cenkalti/backoff/v4 v4.3.0 // indirect
-	github.com/kelseyhightower/envconfig v1.4.0 // indirect
+	github.com/cenkalti/backoff/v4 v4.3.0
+	github.com/rabbitmq/amqp091-go v1.16.0
+	github.com/rs/zerolog v1.35.1
+	github.com/vmware/govmomi v0.56.0
+)
+
+require (
 	github.com/mattn/go-colorable v0.1.14 // indirect
 	github.com/mattn/go-isatty v0.0.20 // indirect
-	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
-	github.com/rs/zerolog v1.35.1 // indirect
-	github.com/vmware/govmomi v0.56.0 // indirect
 	golang.org/x/sys v0.29.0 // indirect
 )

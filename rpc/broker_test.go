@@ -1,0 +1,187 @@
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// testBrokerURL is the broker the tests use; the README's test command
+// starts RabbitMQ, so a missing broker is a failure, not a skip.
+func testBrokerURL() string {
+	if u := os.Getenv("VCAGENT_TEST_TRANSPORT_URL"); u != "" {
+		return u
+	}
+	return "rabbit://guest:guest@127.0.0.1:5672/"
+}
+
+func newTestTransport(t testing.TB, mutate func(*Options)) *Transport {
+	t.Helper()
+	u, err := ParseTransportURL(testBrokerURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultOptions()
+	if err := opts.ApplyQuery(u.Query); err != nil {
+		t.Fatal(err)
+	}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	log := zerolog.Nop()
+	if testing.Verbose() {
+		log = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	}
+	tr, err := NewTransport(Config{URL: u, Options: opts, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tr.WaitConnected(ctx); err != nil {
+		t.Fatalf("broker %s not reachable: %v", u.Redacted(), err)
+	}
+	t.Cleanup(tr.Close)
+	return tr
+}
+
+// runServer starts srv and stops it when the test ends.
+func runServer(t testing.TB, tr *Transport, cfg ServerConfig) *Server {
+	t.Helper()
+	consuming := make(chan struct{})
+	var once sync.Once
+	cfg.OnConsuming = func(on bool) {
+		if on {
+			once.Do(func() { close(consuming) })
+		}
+	}
+	srv, err := tr.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-consuming:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not start consuming")
+	}
+	return srv
+}
+
+func uniqueTopic(prefix string) string { return prefix + "_" + uuidHex()[:8] }
+
+func echoEndpoint(record chan<- *Request) Endpoint {
+	return Endpoint{Version: "1.3", Methods: map[string]Handler{
+		"echo": func(ctx context.Context, req *Request) (any, error) { return req.Args, nil },
+		"record": func(ctx context.Context, req *Request) (any, error) {
+			record <- req
+			return nil, nil
+		},
+		"fail": func(ctx context.Context, req *Request) (any, error) {
+			return nil, &RemoteError{Class: "PeerError", Module: "peererrors", Message: "Peer failure: disk full", Kwargs: map[string]any{"reason": "disk full", "code": 409}}
+		},
+		"slow": func(ctx context.Context, req *Request) (any, error) {
+			var a struct{ Seconds float64 }
+			if err := req.DecodeArgs(&a); err != nil {
+				return nil, err
+			}
+			time.Sleep(time.Duration(a.Seconds * float64(time.Second)))
+			return map[string]any{"slept": a.Seconds}, nil
+		},
+	}}
+}
+
+func TestCallCastFanoutThroughBroker(t *testing.T) {
+	tr := newTestTransport(t, nil)
+	topic := uniqueTopic("gotest")
+	record := make(chan *Request, 8)
+	runServer(t, tr, ServerConfig{Target: Target{Exchange: "vcagent_test", Topic: topic, Server: "host1"}, Endpoints: []Endpoint{echoEndpoint(record)}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rc, _ := NewContext(map[string]any{"request_id": "req-1", "roles": []string{"admin"}})
+
+	c := tr.NewClient(Target{Exchange: "vcagent_test", Topic: topic, Server: "host1", Version: "1.3"})
+	got, err := c.Call(ctx, rc, "echo", map[string]any{"x": "h\u00e9llo \u2603", "n": []any{1, 2.5, nil, true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(got, &m); err != nil || m["x"] != "h\u00e9llo \u2603" {
+		t.Fatalf("echo returned %s (%v)", got, err)
+	}
+
+	c.Timeout = 5 * time.Second
+	_, err = c.Call(ctx, rc, "no_such_method", nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Class != "NoSuchMethod" || re.Message != "Endpoint does not support RPC method no_such_method" {
+		t.Fatalf("unknown method gave %v", err)
+	}
+	_, err = c.Call(ctx, rc, "fail", nil)
+	if !errors.As(err, &re) || re.Class != "PeerError" || re.Kwargs["reason"] != "disk full" {
+		t.Fatalf("fail gave %v", err)
+	}
+
+	if err := c.Cast(ctx, rc, "record", map[string]any{"k": 1}); err != nil {
+		t.Fatal(err)
+	}
+	fan := c
+	fan.Target.Fanout = true
+	fan.Target.Server = ""
+	if err := fan.Cast(ctx, rc, "record", map[string]any{"k": 2}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"gotest", "_fanout_"} {
+		select {
+		case r := <-record:
+			if r.Context.String("request_id") != "req-1" {
+				t.Errorf("context lost: %v", r.Context)
+			}
+			if !strings.Contains(r.Queue, want) && !(want == "gotest" && strings.HasPrefix(r.Queue, topic)) {
+				t.Errorf("cast arrived on %s, want a queue containing %q", r.Queue, want)
+			}
+		case <-ctx.Done():
+			t.Fatal("cast not received")
+		}
+	}
+}
+
+func TestCallMonitorHeartbeatsKeepSlowCallAlive(t *testing.T) {
+	tr := newTestTransport(t, nil)
+	topic := uniqueTopic("gotest")
+	runServer(t, tr, ServerConfig{Target: Target{Exchange: "vcagent_test", Topic: topic, Server: "h"}, Endpoints: []Endpoint{echoEndpoint(nil)}})
+	c := tr.NewClient(Target{Exchange: "vcagent_test", Topic: topic, Server: "h", Version: "1.3"})
+	c.MonitorTimeout = 2 * time.Second
+	c.Timeout = 20 * time.Second
+	ctx := context.Background()
+	got, err := c.Call(ctx, nil, "slow", map[string]any{"seconds": 3.3})
+	if err != nil {
+		t.Fatalf("slow call with heartbeats: %v", err)
+	}
+	if string(got) != `{"slept":3.3}` {
+		t.Fatalf("slow returned %s", got)
+	}
+}
+
+func TestCallTimesOutWithoutServer(t *testing.T) {
+	tr := newTestTransport(t, nil)
+	c := tr.NewClient(Target{Exchange: "vcagent_test", Topic: uniqueTopic("nobody"), Server: "h"})
+	c.Timeout = 500 * time.Millisecond
+	start := time.Now()
+	_, err := c.Call(context.Background(), nil, "echo", nil)
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("want ErrTimeout, got %v", err)
+	}
+	if d := time.Since(start); d < 400*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("timed out after %s", d)
+	}
+}

@@ -1,0 +1,482 @@
+package rpc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+)
+
+// Target names where a server listens or a client sends, as oslo's Target.
+type Target struct {
+	// Exchange is the control exchange ("nova", "openstack", "neutron").
+	Exchange string
+	Topic    string
+	// Server is the host part of "topic.server"; empty for topic-wide calls.
+	Server string
+	// Fanout makes a cast go to every server of the topic.
+	Fanout bool
+	// Namespace and Version are what a client puts in its requests.
+	Namespace string
+	Version   string
+}
+
+func (t Target) String() string {
+	s := t.Exchange + "/" + t.Topic
+	if t.Server != "" {
+		s += "." + t.Server
+	}
+	if t.Fanout {
+		s += " (fanout)"
+	}
+	return s
+}
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	Target    Target
+	Endpoints []Endpoint
+	// Workers bounds the requests handled at once (executor_thread_pool_size
+	// by default). A full pool stops intake; messages wait on the broker.
+	Workers int
+	// DrainTimeout bounds how long Run waits for in-flight requests once its
+	// context ends; then their contexts are cancelled.
+	DrainTimeout time.Duration
+	// Middleware wraps every handler, outermost first (logging, metrics).
+	Middleware []func(Handler) Handler
+	// OnConsuming, if set, is told when the server starts and stops
+	// consuming (after each (re)declaration), for readiness.
+	OnConsuming func(consuming bool)
+}
+
+// Server is an oslo RPC server: it consumes "topic", "topic.server" and its
+// own fanout queue, acks each request on receipt (oslo's at-most-once),
+// drops repeated _unique_ids, and runs handlers on a bounded pool, replying
+// to calls. It survives broker restarts: after a reconnect it declares the
+// same queues (the fanout queue keeps its name) and consumes again.
+type Server struct {
+	t      *Transport
+	cfg    ServerConfig
+	log    zerolog.Logger
+	disp   dispatcher
+	fanout string // <topic>_fanout_<uuid hex>, fixed for the server's life
+	seen   *uniqueIDs
+	slots  chan struct{}
+	obs    *obsoleteQueues
+}
+
+// NewServer builds a server on t. Run starts it.
+func (t *Transport) NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Target.Exchange == "" || cfg.Target.Topic == "" || cfg.Target.Server == "" {
+		return nil, fmt.Errorf("rpc server needs an exchange, a topic and a server, got %q", cfg.Target)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = t.opts.ExecutorPoolSize
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 60 * time.Second
+	}
+	return &Server{
+		t:      t,
+		cfg:    cfg,
+		log:    t.log.With().Str("topic", cfg.Target.Topic).Str("server", cfg.Target.Server).Logger(),
+		disp:   dispatcher{endpoints: cfg.Endpoints},
+		fanout: cfg.Target.Topic + "_fanout_" + uuidHex(),
+		seen:   newUniqueIDs(16),
+		slots:  make(chan struct{}, cfg.Workers),
+		obs:    newObsoleteQueues(),
+	}, nil
+}
+
+// FanoutQueue is the name of the server's fanout queue.
+func (s *Server) FanoutQueue() string { return s.fanout }
+
+// Run consumes until ctx ends, then drains: it stops taking messages at
+// once (unstarted ones stay on the broker), waits for in-flight requests up
+// to DrainTimeout, deletes its fanout queue as oslo does on a clean stop,
+// and returns.
+func (s *Server) Run(ctx context.Context) error {
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	var inflight sync.WaitGroup
+
+	for ctx.Err() == nil {
+		err := s.consume(ctx, work, &inflight)
+		if s.cfg.OnConsuming != nil {
+			s.cfg.OnConsuming(false)
+		}
+		if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+			break
+		}
+		s.log.Warn().Err(err).Msg("consumer stopped; declaring and consuming again")
+		if isPermanent(err) {
+			// A 406 will not fix itself quickly; do not spin on it.
+			sleepCtx(ctx, 5*time.Second)
+		} else {
+			sleepCtx(ctx, s.t.opts.ReconnectDelay)
+		}
+	}
+
+	done := make(chan struct{})
+	go func() { inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.DrainTimeout):
+		s.log.Warn().Dur("drain_timeout", s.cfg.DrainTimeout).Msg("in-flight requests did not finish in time; cancelling them")
+		cancelWork()
+		<-done
+	}
+	s.deleteFanoutQueue()
+	return nil
+}
+
+// consume declares the server's topology on a fresh channel and pumps
+// deliveries into the worker pool until the channel or ctx ends.
+func (s *Server) consume(ctx, work context.Context, inflight *sync.WaitGroup) error {
+	ch, err := s.t.listenChannel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	tgt := s.cfg.Target
+	o := s.t.opts
+	server := tgt.Topic + "." + tgt.Server
+	queues := []struct {
+		exchange exchangeDecl
+		queue    queueDecl
+		key      string
+	}{
+		{o.topicExchange(tgt.Exchange), o.topicQueue(tgt.Topic), tgt.Topic},
+		{o.topicExchange(tgt.Exchange), o.topicQueue(server), server},
+		{o.fanoutExchange(tgt.Topic), o.transientQueue(s.fanout), tgt.Topic},
+	}
+	deliveries := make([]<-chan amqp.Delivery, len(queues))
+	tags := make([]string, len(queues))
+	for _, q := range queues {
+		if err := declareExchange(ch, q.exchange); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", q.exchange.Name, err)
+		}
+		if err := declareQueue(ch, q.queue); err != nil {
+			return fmt.Errorf("declare queue %s: %w", q.queue.Name, err)
+		}
+		if err := ch.QueueBind(q.queue.Name, q.key, q.exchange.Name, false, nil); err != nil {
+			return fmt.Errorf("bind queue %s: %w", q.queue.Name, err)
+		}
+	}
+	for i, q := range queues {
+		tags[i] = fmt.Sprintf("%s.%d", s.fanout, i+1)
+		d, err := ch.Consume(q.queue.Name, tags[i], false, false, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("consume %s: %w", q.queue.Name, err)
+		}
+		deliveries[i] = d
+	}
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	s.log.Info().Str("exchange", tgt.Exchange).Strs("queues", []string{tgt.Topic, server, s.fanout}).Msg("consuming")
+	if s.cfg.OnConsuming != nil {
+		s.cfg.OnConsuming(true)
+	}
+	for {
+		// Take a worker slot before taking a message, so that messages we
+		// cannot start yet stay unacknowledged and go back to the broker if
+		// we stop.
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			s.stopConsuming(ch, tags)
+			return ctx.Err()
+		}
+		var d amqp.Delivery
+		var ok bool
+		var queue string
+		select {
+		case d, ok = <-deliveries[0]:
+			queue = queues[0].queue.Name
+		case d, ok = <-deliveries[1]:
+			queue = queues[1].queue.Name
+		case d, ok = <-deliveries[2]:
+			queue = queues[2].queue.Name
+		case cerr := <-closed:
+			<-s.slots
+			return fmt.Errorf("listen channel closed: %w", errOrClosed(cerr))
+		case <-ctx.Done():
+			<-s.slots
+			s.stopConsuming(ch, tags)
+			return ctx.Err()
+		}
+		if !ok {
+			<-s.slots
+			return errors.New("consumer cancelled by the broker")
+		}
+		req, err := s.accept(d, queue)
+		if err != nil || req == nil {
+			<-s.slots
+			continue
+		}
+		inflight.Add(1)
+		go func() {
+			defer inflight.Done()
+			defer func() { <-s.slots }()
+			s.serve(work, req)
+		}()
+	}
+}
+
+// stopConsuming cancels the consumers; closing the channel afterwards
+// returns every unacknowledged delivery to its queue.
+func (s *Server) stopConsuming(ch *amqp.Channel, tags []string) {
+	for _, tag := range tags {
+		_ = ch.Cancel(tag, false)
+	}
+}
+
+// accept decodes a delivery and acks it, or rejects it when oslo could not
+// decode it either. It returns nil for duplicates.
+func (s *Server) accept(d amqp.Delivery, queue string) (*Request, error) {
+	fields, err := decodeBody(d.ContentType, d.Body)
+	if err != nil {
+		s.log.Error().Err(err).Str("queue", queue).Msg("failed to process message; skipping it")
+		if rerr := d.Reject(false); rerr != nil {
+			return nil, rerr
+		}
+		return nil, err
+	}
+	if err := d.Ack(false); err != nil {
+		// oslo discards a request whose ack failed.
+		s.log.Warn().Err(err).Msg("ack failed; request discarded")
+		return nil, err
+	}
+	req := parseRequest(fields, queue)
+	if req.UniqueID != "" && !s.seen.add(req.UniqueID) {
+		s.log.Info().Str("unique_id", req.UniqueID).Msg("ignoring duplicate message")
+		return nil, nil
+	}
+	return req, nil
+}
+
+// serve runs one request and replies to calls.
+func (s *Server) serve(ctx context.Context, req *Request) {
+	log := s.log.With().Str("method", req.Method).Logger()
+	if rid := req.Context.String("request_id"); rid != "" {
+		log = log.With().Str("request_id", rid).Logger()
+	}
+	if gid := req.Context.String("global_request_id"); gid != "" {
+		log = log.With().Str("global_request_id", gid).Logger()
+	}
+	ctx = log.WithContext(ctx)
+
+	handler, derr := s.disp.lookup(req)
+	var result any
+	var err error
+	if derr != nil {
+		err = derr
+	} else {
+		stopHeartbeat := s.startHeartbeat(ctx, req)
+		h := handler
+		for i := len(s.cfg.Middleware) - 1; i >= 0; i-- {
+			h = s.cfg.Middleware[i](h)
+		}
+		result, err = callSafely(ctx, h, req)
+		stopHeartbeat()
+	}
+	if err != nil {
+		re := asRemoteError(err)
+		log.Error().Err(err).Str("exception", re.Module+"."+re.Class).Bool("call", req.IsCall()).Msg("exception during message handling")
+	}
+	if !req.IsCall() {
+		return
+	}
+	if rerr := s.reply(ctx, req, result, err); rerr != nil {
+		log.Warn().Err(rerr).Str("reply_q", req.ReplyQueue).Msg("reply not delivered")
+	}
+}
+
+// callSafely turns a handler panic into a failure instead of a dead agent.
+func callSafely(ctx context.Context, h Handler, req *Request) (result any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			zerolog.Ctx(ctx).Error().Interface("panic", p).Bytes("stack", debug.Stack()).Msg("handler panicked")
+			err = BuiltinError("RuntimeError", fmt.Sprintf("%v", p))
+		}
+	}()
+	return h(ctx, req)
+}
+
+// startHeartbeat sends oslo's call-monitor heartbeats every
+// int(_timeout)/2 seconds while the handler runs, and only then: a caller
+// that set no call_monitor_timeout breaks on a heartbeat.
+func (s *Server) startHeartbeat(ctx context.Context, req *Request) (stop func()) {
+	if !req.IsCall() || req.MonitorTimeout <= 0 {
+		return func() {}
+	}
+	interval := time.Duration(float64(int(req.MonitorTimeout)) / 2 * float64(time.Second))
+	if interval < time.Second {
+		return func() {}
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				if err := s.publishReply(ctx, req, replyBody{Result: json.RawMessage("null"), MsgID: req.MsgID}); err != nil {
+					zerolog.Ctx(ctx).Debug().Err(err).Msg("call-monitor heartbeat failed")
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
+// replyBody is the inner message of a reply or heartbeat.
+type replyBody struct {
+	Result   json.RawMessage `json:"result"`
+	Failure  *string         `json:"failure"`
+	Ending   bool            `json:"ending"`
+	MsgID    string          `json:"_msg_id"`
+	UniqueID string          `json:"_unique_id"`
+}
+
+// reply sends the one final reply oslo 14 sends: result or failure with
+// ending=true. A reply queue that has gone away is retried every 0.25 s for
+// kombu_missing_consumer_retry_timeout, then remembered as obsolete.
+func (s *Server) reply(ctx context.Context, req *Request, result any, herr error) error {
+	body := replyBody{Result: json.RawMessage("null"), Ending: true, MsgID: req.MsgID}
+	if herr != nil {
+		f, err := encodeFailure(asRemoteError(herr))
+		if err != nil {
+			return err
+		}
+		body.Failure = &f
+	} else if result != nil {
+		raw, ok := result.(json.RawMessage)
+		if !ok {
+			var err error
+			if raw, err = marshalInner(result); err != nil {
+				f, _ := encodeFailure(BuiltinError("TypeError", "result is not JSON serializable: "+err.Error()))
+				body.Failure = &f
+			}
+		}
+		if body.Failure == nil {
+			body.Result = raw
+		}
+	}
+	if s.obs.has(req.ReplyQueue) {
+		return fmt.Errorf("reply queue %s is obsolete: %w", req.ReplyQueue, ErrUnroutable)
+	}
+	deadline := time.Now().Add(s.t.opts.MissingConsumerRetryTimeout)
+	for {
+		err := s.publishReply(ctx, req, body)
+		if !errors.Is(err, ErrUnroutable) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			s.obs.add(req.ReplyQueue)
+			return fmt.Errorf("reply failed to send after %s due to a missing queue (%s); abandoning: %w",
+				s.t.opts.MissingConsumerRetryTimeout, req.ReplyQueue, err)
+		}
+		if !sleepCtx(ctx, 250*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *Server) publishReply(ctx context.Context, req *Request, body replyBody) error {
+	body.UniqueID = uuidHex()
+	inner, err := marshalInner(body)
+	if err != nil {
+		return err
+	}
+	return s.t.pub.publish(ctx, outgoing{
+		exchange:   "",
+		routingKey: req.ReplyQueue,
+		mandatory:  true,
+		msg:        publishing(encodeEnvelope(inner)),
+	})
+}
+
+// deleteFanoutQueue removes the fanout queue on a clean stop, as oslo does;
+// the topic queues stay and keep casts for the next server.
+func (s *Server) deleteFanoutQueue() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ch, err := s.t.listenChannel(ctx)
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	if _, err := ch.QueueDelete(s.fanout, false, false, false); err != nil {
+		s.log.Debug().Err(err).Msg("fanout queue not deleted")
+	}
+}
+
+// uniqueIDs remembers the last n _unique_ids, like oslo's _MsgIdCache.
+type uniqueIDs struct {
+	mu   sync.Mutex
+	ring []string
+	next int
+	set  map[string]struct{}
+}
+
+func newUniqueIDs(n int) *uniqueIDs {
+	return &uniqueIDs{ring: make([]string, n), set: make(map[string]struct{}, n)}
+}
+
+// add records id and reports whether it was new.
+func (u *uniqueIDs) add(id string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if _, dup := u.set[id]; dup {
+		return false
+	}
+	if old := u.ring[u.next]; old != "" {
+		delete(u.set, old)
+	}
+	u.ring[u.next] = id
+	u.set[id] = struct{}{}
+	u.next = (u.next + 1) % len(u.ring)
+	return true
+}
+
+// obsoleteQueues remembers reply queues that stayed missing for a minute
+// (oslo's ObsoleteReplyQueuesCache), so later replies to them are dropped
+// at once instead of blocking a worker again.
+type obsoleteQueues struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+func newObsoleteQueues() *obsoleteQueues { return &obsoleteQueues{until: map[string]time.Time{}} }
+
+func (o *obsoleteQueues) add(q string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	now := time.Now()
+	for k, t := range o.until {
+		if now.After(t) {
+			delete(o.until, k)
+		}
+	}
+	if len(o.until) < 200 {
+		o.until[q] = now.Add(60 * time.Second)
+	}
+}
+
+func (o *obsoleteQueues) has(q string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	t, ok := o.until[q]
+	return ok && time.Now().Before(t)
+}
