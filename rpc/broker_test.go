@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -13,18 +14,42 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// testVhost is the broker vhost of these tests, so that killing its
+// connections disturbs nothing else on the broker.
+const testVhost = "vcagent_rpc_test"
+
 // testBrokerURL is the broker the tests use; the README's test command
 // starts RabbitMQ, so a missing broker is a failure, not a skip.
-func testBrokerURL() string {
+func testBrokerURL(t testing.TB) string {
 	if u := os.Getenv("VCAGENT_TEST_TRANSPORT_URL"); u != "" {
 		return u
 	}
-	return "rabbit://guest:guest@127.0.0.1:5672/"
+	ensureVhost(t)
+	return "rabbit://guest:guest@127.0.0.1:5672/" + testVhost
+}
+
+var vhostOnce sync.Once //nolint:gochecknoglobals // test-only, once per test binary
+
+func ensureVhost(t testing.TB) {
+	vhostOnce.Do(func() {
+		rabbitmqctl(t, "add_vhost", testVhost)
+		rabbitmqctl(t, "set_permissions", "-p", testVhost, "guest", ".*", ".*", ".*")
+	})
+}
+
+// rabbitmqctl runs the broker's CLI (the tests run as root beside the broker).
+func rabbitmqctl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("rabbitmqctl", args...).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "already exists") {
+		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+	}
+	return string(out)
 }
 
 func newTestTransport(t testing.TB, mutate func(*Options)) *Transport {
 	t.Helper()
-	u, err := ParseTransportURL(testBrokerURL())
+	u, err := ParseTransportURL(testBrokerURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
