@@ -132,8 +132,9 @@ func (l *link) run(ctx context.Context) {
 		l.mu.Lock()
 		l.conn = nil
 		l.connected = make(chan struct{})
+		closing := l.closed
 		l.mu.Unlock()
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || closing {
 			_ = conn.Close()
 			return
 		}
