@@ -340,6 +340,32 @@ func (s *Server) startHeartbeat(ctx context.Context, req *Request) (stop func())
 	return func() { close(done); <-stopped }
 }
 
+// buildReply makes the final reply to req: the result, or the failure as
+// oslo serializes it, with ending=true.
+func buildReply(req *Request, result any, herr error) replyBody {
+	body := replyBody{Result: json.RawMessage("null"), Ending: true, MsgID: req.MsgID}
+	if herr == nil && result != nil {
+		raw, ok := result.(json.RawMessage)
+		if !ok {
+			var err error
+			if raw, err = marshalInner(result); err != nil {
+				herr = BuiltinError("TypeError", "result is not JSON serializable: "+err.Error())
+			}
+		}
+		if herr == nil && raw != nil {
+			body.Result = raw
+		}
+	}
+	if herr != nil {
+		f, err := encodeFailure(asRemoteError(herr))
+		if err != nil {
+			f, _ = encodeFailure(BuiltinError("Exception", herr.Error()))
+		}
+		body.Failure = &f
+	}
+	return body
+}
+
 // replyBody is the inner message of a reply or heartbeat.
 type replyBody struct {
 	Result   json.RawMessage `json:"result"`
@@ -353,26 +379,7 @@ type replyBody struct {
 // ending=true. A reply queue that has gone away is retried every 0.25 s for
 // kombu_missing_consumer_retry_timeout, then remembered as obsolete.
 func (s *Server) reply(ctx context.Context, req *Request, result any, herr error) error {
-	body := replyBody{Result: json.RawMessage("null"), Ending: true, MsgID: req.MsgID}
-	if herr != nil {
-		f, err := encodeFailure(asRemoteError(herr))
-		if err != nil {
-			return err
-		}
-		body.Failure = &f
-	} else if result != nil {
-		raw, ok := result.(json.RawMessage)
-		if !ok {
-			var err error
-			if raw, err = marshalInner(result); err != nil {
-				f, _ := encodeFailure(BuiltinError("TypeError", "result is not JSON serializable: "+err.Error()))
-				body.Failure = &f
-			}
-		}
-		if body.Failure == nil {
-			body.Result = raw
-		}
-	}
+	body := buildReply(req, result, herr)
 	if s.obs.has(req.ReplyQueue) {
 		return fmt.Errorf("reply queue %s is obsolete: %w", req.ReplyQueue, ErrUnroutable)
 	}
