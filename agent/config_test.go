@@ -1,0 +1,60 @@
+package agent
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	t.Setenv("VCAGENT_HOST", "cmp1")
+	c, err := LoadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TransportURL != "rabbit://guest:guest@127.0.0.1:5672/" || c.Host != "cmp1" || c.ControlExchange != "nova" || c.VCenterURL != "" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+// TestBadValuesNameTheVariable: every bad value stops start-up with a
+// message naming the variable at fault.
+func TestBadValuesNameTheVariable(t *testing.T) {
+	tests := []struct{ name, value string }{
+		{"VCAGENT_TRANSPORT_URL", "kafka://h/"},
+		{"VCAGENT_TRANSPORT_URL", "rabbit://h/?rabbit_qos_prefetch_count=many"},
+		{"VCAGENT_TRANSPORT_URL", "rabbit://h/?rabbit_quorum_queue=true&rabbit_ha_queues=true"},
+		{"VCAGENT_DATASTORE_REGEX", "(["},
+		{"VCAGENT_LOG_LEVEL", "loud"},
+		{"VCAGENT_LOG_FORMAT", "xml"},
+		{"VCAGENT_SHUTDOWN_TIMEOUT", "soon"},
+		{"VCAGENT_SHUTDOWN_TIMEOUT", "-1s"},
+		{"VCAGENT_VCENTER_INSECURE", "maybe"},
+		{"VCAGENT_CLUSTERS", "a,,b"},
+		{"VCAGENT_SIM_CLUSTERS", "0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
+			t.Setenv(tc.name, tc.value)
+			_, err := LoadConfig()
+			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.name) {
+				t.Fatalf("error %v does not name %s", err, tc.name)
+			}
+		})
+	}
+	t.Run("vCenter user required", func(t *testing.T) {
+		t.Setenv("VCAGENT_VCENTER_URL", "https://vc/sdk")
+		if _, err := LoadConfig(); err == nil || !strings.Contains(err.Error(), "VCAGENT_VCENTER_USER") {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func TestUsageListsEveryVariable(t *testing.T) {
+	u := Usage()
+	for _, v := range []string{"VCAGENT_TRANSPORT_URL", "VCAGENT_HOST", "VCAGENT_VCENTER_URL", "VCAGENT_VCENTER_PASSWORD", "VCAGENT_CLUSTERS", "VCAGENT_DATASTORE_REGEX", "VCAGENT_LOG_LEVEL", "transport_url"} {
+		if !strings.Contains(u, v) {
+			t.Errorf("--help does not mention %s", v)
+		}
+	}
+}
