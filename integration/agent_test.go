@@ -25,6 +25,10 @@ import (
 var agentBinary string //nolint:gochecknoglobals // set once in TestMain
 
 func TestMain(m *testing.M) {
+	if os.Getenv(benchServeEnv) != "" {
+		serveForBench()
+		return
+	}
 	dir, err := os.MkdirTemp("", "vcagent-it-")
 	if err != nil {
 		panic(err)

@@ -102,6 +102,19 @@ func decodeBody(contentType string, body []byte) (map[string]json.RawMessage, er
 	if contentType != "" && !strings.EqualFold(contentType, "application/json") {
 		return nil, fmt.Errorf("%w: content type %q is not application/json", ErrUndecodable, contentType)
 	}
+	// One pass over the outer object; the inner string is unquoted on the
+	// way. Fields of other types make the envelope fall back to the slow
+	// path below, which tells what is wrong with it.
+	var env struct {
+		Version *string `json:"oslo.version"`
+		Message *string `json:"oslo.message"`
+	}
+	if err := json.Unmarshal(body, &env); err == nil && env.Version != nil && env.Message != nil {
+		if ok, err := versionCompatible(envelopeVersion, *env.Version); err != nil || !ok {
+			return nil, fmt.Errorf("%w: unsupported envelope version %q", ErrUndecodable, *env.Version)
+		}
+		return decodeInner([]byte(*env.Message))
+	}
 	var outer map[string]json.RawMessage
 	if err := json.Unmarshal(body, &outer); err != nil {
 		return nil, fmt.Errorf("%w: body is not a JSON object: %v", ErrUndecodable, err)
@@ -109,6 +122,9 @@ func decodeBody(contentType string, body []byte) (map[string]json.RawMessage, er
 	rawVersion, hasVersion := outer["oslo.version"]
 	rawMessage, hasMessage := outer["oslo.message"]
 	if !hasVersion || !hasMessage {
+		if outer == nil {
+			return nil, fmt.Errorf("%w: body is null", ErrUndecodable)
+		}
 		return outer, nil
 	}
 	var version string
@@ -122,8 +138,12 @@ func decodeBody(contentType string, body []byte) (map[string]json.RawMessage, er
 	if err := json.Unmarshal(rawMessage, &inner); err != nil {
 		return nil, fmt.Errorf("%w: oslo.message is not a string", ErrUndecodable)
 	}
+	return decodeInner([]byte(inner))
+}
+
+func decodeInner(inner []byte) (map[string]json.RawMessage, error) {
 	var fields map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(inner), &fields); err != nil {
+	if err := json.Unmarshal(inner, &fields); err != nil {
 		return nil, fmt.Errorf("%w: oslo.message is not a JSON object: %v", ErrUndecodable, err)
 	}
 	if fields == nil {
@@ -142,4 +162,11 @@ func publishing(body []byte) amqp.Publishing {
 		Headers:         amqp.Table{},
 		Body:            body,
 	}
+}
+
+// appendJSONString appends s as a JSON string literal (ASCII, Python style).
+func appendJSONString(b []byte, s string) []byte {
+	var buf bytes.Buffer
+	writeASCIIString(&buf, []byte(s))
+	return append(b, buf.Bytes()...)
 }

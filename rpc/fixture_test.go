@@ -153,12 +153,12 @@ func TestReplayRecordedRequests(t *testing.T) {
 				return
 			}
 			checkProperties(t, *final)
-			raw, err := json.Marshal(buildReply(r, result, herr))
-			if err != nil {
-				t.Fatal(err)
-			}
+			body := buildReply(r, result, herr)
+			body.UniqueID = uuidHex()
 			var ours map[string]any
-			_ = json.Unmarshal(raw, &ours)
+			if err := json.Unmarshal(body.appendJSON(nil), &ours); err != nil {
+				t.Fatalf("our reply is not JSON: %v", err)
+			}
 			theirs := innerOf(t, *final)
 			if ours["ending"] != true || theirs["ending"] != true {
 				t.Errorf("ending: ours %v, recorded %v", ours["ending"], theirs["ending"])
@@ -179,9 +179,11 @@ func TestReplayRecordedRequests(t *testing.T) {
 				}
 			}
 			if len(heartbeats) > 0 {
-				hb, _ := json.Marshal(replyBody{Result: json.RawMessage("null"), MsgID: r.MsgID})
+				hb := replyBody{Result: json.RawMessage("null"), MsgID: r.MsgID, UniqueID: uuidHex()}
 				var ourHB map[string]any
-				_ = json.Unmarshal(hb, &ourHB)
+				if err := json.Unmarshal(hb.appendJSON(nil), &ourHB); err != nil {
+					t.Fatal(err)
+				}
 				if !sameKeys(ourHB, innerOf(t, heartbeats[0])) {
 					t.Errorf("heartbeat keys: ours %v, recorded %v", ourHB, innerOf(t, heartbeats[0]))
 				}

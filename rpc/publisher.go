@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -28,7 +29,7 @@ type publisher struct {
 	declared map[string]bool // declarations already made on ch
 
 	retMu    sync.Mutex
-	returned map[string]chan struct{} // mandatory bodies in flight -> signal
+	returned map[string]chan struct{} // mandatory messages in flight by _unique_id -> signal
 }
 
 func newPublisher(l *link, log zerolog.Logger) *publisher {
@@ -40,7 +41,10 @@ type outgoing struct {
 	exchange   string
 	routingKey string
 	mandatory  bool
-	msg        amqp.Publishing
+	// returnKey identifies a mandatory message in a basic.return: the
+	// _unique_id of its inner message.
+	returnKey string
+	msg       amqp.Publishing
 	// declare names the declarations needed first (cached per channel) and
 	// makes them.
 	declareKey string
@@ -80,8 +84,14 @@ func (p *publisher) channel(ctx context.Context) (*amqp.Channel, error) {
 
 func (p *publisher) drainReturns(returns <-chan amqp.Return) {
 	for r := range returns {
+		// Returns are rare (a caller gone away): decoding here keeps the
+		// common path free of body copies.
+		var uid string
+		if fields, err := decodeBody(r.ContentType, r.Body); err == nil {
+			_ = json.Unmarshal(fields["_unique_id"], &uid)
+		}
 		p.retMu.Lock()
-		sig := p.returned[string(r.Body)]
+		sig := p.returned[uid]
 		p.retMu.Unlock()
 		if sig != nil {
 			select {
@@ -150,13 +160,13 @@ func (p *publisher) publish(ctx context.Context, o outgoing) error {
 		if o.mandatory {
 			sig = make(chan struct{}, 1)
 			p.retMu.Lock()
-			p.returned[string(o.msg.Body)] = sig
+			p.returned[o.returnKey] = sig
 			p.retMu.Unlock()
 		}
 		ok, err := p.publishOnce(ctx, ch, o)
 		if o.mandatory {
 			p.retMu.Lock()
-			delete(p.returned, string(o.msg.Body))
+			delete(p.returned, o.returnKey)
 			p.retMu.Unlock()
 		}
 		if err != nil {

@@ -136,14 +136,10 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// consume declares the server's topology on a fresh channel and pumps
-// deliveries into the worker pool until the channel or ctx ends.
+// consume declares the server's topology, then consumes each queue on a
+// channel of its own (so that one multiple-ack covers exactly the
+// deliveries of that queue already taken) until a channel or ctx ends.
 func (s *Server) consume(ctx, work context.Context, inflight *sync.WaitGroup) error {
-	ch, err := s.t.listenChannel(ctx)
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
 	tgt := s.cfg.Target
 	o := s.t.opts
 	server := tgt.Topic + "." + tgt.Server
@@ -156,108 +152,172 @@ func (s *Server) consume(ctx, work context.Context, inflight *sync.WaitGroup) er
 		{o.topicExchange(tgt.Exchange), o.topicQueue(server), server},
 		{o.fanoutExchange(tgt.Topic), o.transientQueue(s.fanout), tgt.Topic},
 	}
-	deliveries := make([]<-chan amqp.Delivery, len(queues))
-	tags := make([]string, len(queues))
+	ch, err := s.t.listenChannel(ctx)
+	if err != nil {
+		return err
+	}
 	for _, q := range queues {
 		if err := declareExchange(ch, q.exchange); err != nil {
+			_ = ch.Close()
 			return fmt.Errorf("declare exchange %s: %w", q.exchange.Name, err)
 		}
 		if err := declareQueue(ch, q.queue); err != nil {
+			_ = ch.Close()
 			return fmt.Errorf("declare queue %s: %w", q.queue.Name, err)
 		}
 		if err := ch.QueueBind(q.queue.Name, q.key, q.exchange.Name, false, nil); err != nil {
+			_ = ch.Close()
 			return fmt.Errorf("bind queue %s: %w", q.queue.Name, err)
 		}
 	}
+	_ = ch.Close()
+
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(queues))
+	started := 0
 	for i, q := range queues {
-		tags[i] = fmt.Sprintf("%s.%d", s.fanout, i+1)
-		d, err := ch.Consume(q.queue.Name, tags[i], false, false, false, false, nil)
+		err := s.startPump(ctx, pctx, work, inflight, q.queue.Name, fmt.Sprintf("%s.%d", s.fanout, i+1), errs)
 		if err != nil {
-			return fmt.Errorf("consume %s: %w", q.queue.Name, err)
+			cancel()
+			for ; started > 0; started-- {
+				<-errs
+			}
+			return err
 		}
-		deliveries[i] = d
+		started++
 	}
-	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	s.log.Info().Str("exchange", tgt.Exchange).Strs("queues", []string{tgt.Topic, server, s.fanout}).Msg("consuming")
 	if s.cfg.OnConsuming != nil {
 		s.cfg.OnConsuming(true)
 	}
+	err = <-errs
+	cancel()
+	for started--; started > 0; started-- {
+		<-errs
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// startPump opens a channel, consumes queue on it and pumps it in a
+// goroutine that reports its end on errs and closes the channel.
+func (s *Server) startPump(ctx, pctx, work context.Context, inflight *sync.WaitGroup, queue, tag string, errs chan<- error) error {
+	ch, err := s.t.listenChannel(ctx)
+	if err != nil {
+		return err
+	}
+	d, err := ch.Consume(queue, tag, false, false, false, false, nil)
+	if err != nil {
+		_ = ch.Close()
+		return fmt.Errorf("consume %s: %w", queue, err)
+	}
+	go func() {
+		defer ch.Close()
+		errs <- s.pump(pctx, work, inflight, ch, tag, d, queue)
+	}()
+	return nil
+}
+
+// maxBatch bounds how many waiting deliveries one ack covers.
+const maxBatch = 64
+
+// pump takes deliveries of one queue into the worker pool. It holds a
+// worker slot for every delivery it takes, so that messages it cannot start
+// yet stay unacknowledged and go back to the broker if the server stops.
+// Deliveries already waiting are taken together and acknowledged with one
+// multiple-ack, still before any of them is dispatched.
+func (s *Server) pump(ctx, work context.Context, inflight *sync.WaitGroup, ch *amqp.Channel, tag string, deliveries <-chan amqp.Delivery, queue string) error {
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	batch := make([]amqp.Delivery, 0, maxBatch)
 	for {
-		// Take a worker slot before taking a message, so that messages we
-		// cannot start yet stay unacknowledged and go back to the broker if
-		// we stop.
 		select {
 		case s.slots <- struct{}{}:
 		case <-ctx.Done():
-			s.stopConsuming(ch, tags)
+			_ = ch.Cancel(tag, false)
 			return ctx.Err()
 		}
-		var d amqp.Delivery
-		var ok bool
-		var queue string
 		select {
-		case d, ok = <-deliveries[0]:
-			queue = queues[0].queue.Name
-		case d, ok = <-deliveries[1]:
-			queue = queues[1].queue.Name
-		case d, ok = <-deliveries[2]:
-			queue = queues[2].queue.Name
+		case d, ok := <-deliveries:
+			if !ok {
+				<-s.slots
+				return fmt.Errorf("consumer of %s cancelled", queue)
+			}
+			batch = append(batch[:0], d)
 		case cerr := <-closed:
 			<-s.slots
 			return fmt.Errorf("listen channel closed: %w", errOrClosed(cerr))
 		case <-ctx.Done():
 			<-s.slots
-			s.stopConsuming(ch, tags)
+			_ = ch.Cancel(tag, false)
 			return ctx.Err()
 		}
-		if !ok {
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case s.slots <- struct{}{}:
+			default:
+				break more
+			}
+			select {
+			case d, ok := <-deliveries:
+				if ok {
+					batch = append(batch, d)
+					continue
+				}
+			default:
+			}
 			<-s.slots
-			return errors.New("consumer cancelled by the broker")
+			break more
 		}
-		req, err := s.accept(d, queue)
-		if err != nil || req == nil {
-			<-s.slots
+		for _, req := range s.accept(batch, queue) {
+			if req == nil {
+				<-s.slots
+				continue
+			}
+			inflight.Add(1)
+			go func() {
+				defer inflight.Done()
+				defer func() { <-s.slots }()
+				s.serve(work, req)
+			}()
+		}
+	}
+}
+
+// accept decodes a batch of deliveries and acknowledges them, rejecting
+// (without requeue) those oslo could not decode either. It returns one
+// entry per delivery: nil for rejected, duplicate or unacknowledged ones.
+func (s *Server) accept(batch []amqp.Delivery, queue string) []*Request {
+	reqs := make([]*Request, len(batch))
+	last := -1
+	for i, d := range batch {
+		fields, err := decodeBody(d.ContentType, d.Body)
+		if err != nil {
+			s.log.Error().Err(err).Str("queue", queue).Msg("failed to process message; skipping it")
+			_ = d.Reject(false)
 			continue
 		}
-		inflight.Add(1)
-		go func() {
-			defer inflight.Done()
-			defer func() { <-s.slots }()
-			s.serve(work, req)
-		}()
+		reqs[i] = parseRequest(fields, queue)
+		last = i
 	}
-}
-
-// stopConsuming cancels the consumers; closing the channel afterwards
-// returns every unacknowledged delivery to its queue.
-func (s *Server) stopConsuming(ch *amqp.Channel, tags []string) {
-	for _, tag := range tags {
-		_ = ch.Cancel(tag, false)
+	if last < 0 {
+		return reqs
 	}
-}
-
-// accept decodes a delivery and acks it, or rejects it when oslo could not
-// decode it either. It returns nil for duplicates.
-func (s *Server) accept(d amqp.Delivery, queue string) (*Request, error) {
-	fields, err := decodeBody(d.ContentType, d.Body)
-	if err != nil {
-		s.log.Error().Err(err).Str("queue", queue).Msg("failed to process message; skipping it")
-		if rerr := d.Reject(false); rerr != nil {
-			return nil, rerr
-		}
-		return nil, err
-	}
-	if err := d.Ack(false); err != nil {
+	if err := batch[last].Ack(true); err != nil {
 		// oslo discards a request whose ack failed.
-		s.log.Warn().Err(err).Msg("ack failed; request discarded")
-		return nil, err
+		s.log.Warn().Err(err).Int("requests", last+1).Msg("ack failed; requests discarded")
+		return make([]*Request, len(batch))
 	}
-	req := parseRequest(fields, queue)
-	if req.UniqueID != "" && !s.seen.add(req.UniqueID) {
-		s.log.Info().Str("unique_id", req.UniqueID).Msg("ignoring duplicate message")
-		return nil, nil
+	for i, req := range reqs {
+		if req != nil && req.UniqueID != "" && !s.seen.add(req.UniqueID) {
+			s.log.Info().Str("unique_id", req.UniqueID).Msg("ignoring duplicate message")
+			reqs[i] = nil
+		}
 	}
-	return req, nil
+	return reqs
 }
 
 // serve runs one request and replies to calls.
@@ -402,16 +462,40 @@ func (s *Server) reply(ctx context.Context, req *Request, result any, herr error
 
 func (s *Server) publishReply(ctx context.Context, req *Request, body replyBody) error {
 	body.UniqueID = uuidHex()
-	inner, err := marshalInner(body)
-	if err != nil {
-		return err
-	}
 	return s.t.pub.publish(ctx, outgoing{
 		exchange:   "",
 		routingKey: req.ReplyQueue,
 		mandatory:  true,
-		msg:        publishing(encodeEnvelope(inner)),
+		returnKey:  body.UniqueID,
+		msg:        publishing(encodeEnvelope(body.appendJSON(nil))),
 	})
+}
+
+// appendJSON writes the reply's inner message. Written by hand because it
+// is on every call's path and its fields are few and known: the ids are hex
+// and the result and failure are JSON already.
+func (r replyBody) appendJSON(b []byte) []byte {
+	b = append(b, `{"result": `...)
+	if len(r.Result) == 0 {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, r.Result...)
+	}
+	b = append(b, `, "failure": `...)
+	if r.Failure == nil {
+		b = append(b, "null"...)
+	} else {
+		b = appendJSONString(b, *r.Failure)
+	}
+	if r.Ending {
+		b = append(b, `, "ending": true, "_msg_id": `...)
+	} else {
+		b = append(b, `, "ending": false, "_msg_id": `...)
+	}
+	b = appendJSONString(b, r.MsgID)
+	b = append(b, `, "_unique_id": "`...)
+	b = append(b, r.UniqueID...)
+	return append(b, `"}`...)
 }
 
 // deleteFanoutQueue removes the fanout queue on a clean stop, as oslo does;
