@@ -222,13 +222,17 @@ func TestReloginAfterSessionExpiry(t *testing.T) {
 	if len(second) != len(first) || len(second[0].Hosts) != len(first[0].Hosts) {
 		t.Errorf("Clusters after expiry returned %d clusters, want %d", len(second), len(first))
 	}
-	if got := s.Relogins(); got != 1 {
-		t.Errorf("Relogins() = %d, want 1", got)
-	}
 	// CreateContainerView fails NotAuthenticated, the old session is
 	// logged out (already gone), a new one logged in, the call retried.
+	// On a machine so loaded that one call outlasts the timeout, the new
+	// session can expire too and be replaced again.
+	n := s.Relogins()
+	got := delta(before, s.Calls())
+	if n < 1 || got["Login"] != n || got["Logout"] != n || got["CreateContainerView"] < 2 {
+		t.Errorf("Relogins() = %d, calls for the read = %v; want a re-login per Login and Logout", n, got)
+	}
 	want := map[string]int64{"CreateContainerView": 2, "Logout": 1, "Login": 1, "RetrievePropertiesEx": 1, "DestroyView": 1}
-	if got := delta(before, s.Calls()); !equalCalls(got, want) {
+	if n == 1 && !equalCalls(got, want) {
 		t.Errorf("calls for the read = %v, want %v", got, want)
 	}
 	if n := serverSessions(t, sim); n != 1 {
@@ -315,13 +319,13 @@ func TestReloginOnInjectedNotAuthenticated(t *testing.T) {
 
 func TestKeepAliveKeepsSessionAlive(t *testing.T) {
 	t.Parallel()
-	const timeout = 300 * time.Millisecond
+	const timeout = time.Second
 	sim := startSim(t, SimulatorConfig{SessionTimeout: timeout})
 	cfg := simConfig(sim)
-	cfg.KeepAlive = timeout / 5
+	cfg.KeepAlive = timeout / 10
 	s := login(t, cfg)
 
-	time.Sleep(4 * timeout)
+	time.Sleep(5 * timeout / 2)
 	if n := serverSessions(t, sim); n != 1 {
 		t.Errorf("server sessions = %d, want 1", n)
 	}
