@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vcagent/vcagent/agent/cloud"
 	"github.com/vcagent/vcagent/agent/compute"
 	"github.com/vcagent/vcagent/drivers/vcenter"
 	"github.com/vcagent/vcagent/rpc"
@@ -42,6 +44,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			HostsPerCluster: a.cfg.SimHostsPerCluster,
 			Datastores:      a.cfg.SimDatastores,
 			ListenAddr:      "127.0.0.1:0",
+			// Stable per host, like a real vCenter's: the compute nodes'
+			// names embed it, and a restarted agent must find them again.
+			InstanceUUID: stableUUID("vcagent-simulator:" + a.cfg.Host),
 		})
 		if err != nil {
 			return fmt.Errorf("start the embedded vCenter simulator: %w", err)
@@ -84,21 +89,64 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer tr.Close()
 	a.log.Info().Str("transport_url", a.cfg.transport.Redacted()).Str("host", a.cfg.Host).Msg("joining the bus")
 
-	srv, err := tr.NewServer(rpc.ServerConfig{
-		Target:       rpc.Target{Exchange: a.cfg.ControlExchange, Topic: compute.Topic, Server: a.cfg.Host},
-		Endpoints:    compute.Endpoints(),
-		DrainTimeout: a.cfg.ShutdownTimeout,
-		OnConsuming:  func(on bool) { a.setReady("compute_rpc", on) },
-	})
+	var pl compute.Placement
+	if a.cfg.AuthToken == "" && a.cfg.AuthURL == "" {
+		a.log.Warn().Msg("neither VCAGENT_AUTH_URL nor VCAGENT_AUTH_TOKEN is set: compute nodes are not reported to placement, and the scheduler cannot place instances here")
+	} else if pl, err = a.placement(ctx); err != nil {
+		return err
+	}
+	mgr, err := compute.NewManager(compute.Config{
+		Host:                  a.cfg.Host,
+		HostIP:                a.cfg.MyIP,
+		Exchange:              a.cfg.ControlExchange,
+		Clusters:              a.cfg.Clusters,
+		DatastoreRegex:        a.cfg.dsRegex,
+		ReportInterval:        a.cfg.ReportInterval,
+		ResourceInterval:      a.cfg.ResourceInterval,
+		SchedulerSyncInterval: a.cfg.SchedulerSyncInterval,
+		RPCTimeout:            a.cfg.rpcOpts.ResponseTimeout,
+		DrainTimeout:          a.cfg.ShutdownTimeout,
+		Resources: cloud.ResourceConfig{
+			CPUAllocationRatio:         a.cfg.CPUAllocationRatio,
+			RAMAllocationRatio:         a.cfg.RAMAllocationRatio,
+			DiskAllocationRatio:        a.cfg.DiskAllocationRatio,
+			InitialCPUAllocationRatio:  a.cfg.InitialCPUAllocationRatio,
+			InitialRAMAllocationRatio:  a.cfg.InitialRAMAllocationRatio,
+			InitialDiskAllocationRatio: a.cfg.InitialDiskAllocationRatio,
+			ReservedHostMemoryMB:       a.cfg.ReservedHostMemoryMB,
+			ReservedHostDiskMB:         a.cfg.ReservedHostDiskMB,
+			ReservedHostCPUs:           a.cfg.ReservedHostCPUs,
+		},
+	}, tr, vc, pl, func(on bool) { a.setReady("compute_rpc", on) }, a.log)
 	if err != nil {
 		return err
 	}
-	err = srv.Run(ctx)
-	a.log.Info().Msg("compute RPC server stopped")
+	err = mgr.Run(ctx)
+	a.log.Info().Msg("compute role stopped")
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// placement connects to placement with the configured credentials.
+func (a *Agent) placement(ctx context.Context) (*cloud.Placement, error) {
+	sess, err := cloud.NewSession(ctx, cloud.AuthConfig{
+		AuthURL:           a.cfg.AuthURL,
+		Username:          a.cfg.AuthUsername,
+		Password:          a.cfg.AuthPassword,
+		ProjectName:       a.cfg.AuthProjectName,
+		UserDomainName:    a.cfg.AuthUserDomainName,
+		ProjectDomainName: a.cfg.AuthProjectDomainName,
+		RegionName:        a.cfg.RegionName,
+		Token:             a.cfg.AuthToken,
+		PlacementEndpoint: a.cfg.PlacementEndpoint,
+		GlanceEndpoint:    a.cfg.GlanceEndpoint,
+	}, a.log)
+	if err != nil {
+		return nil, fmt.Errorf("OpenStack authentication: %w", err)
+	}
+	return cloud.NewPlacement(sess, cloud.PlacementOptions{}), nil
 }
 
 // logInventory logs the clusters and datastores the agent will serve.
@@ -129,4 +177,13 @@ func (a *Agent) setReady(component string, ok bool) {
 	a.mu.Lock()
 	a.ready[component] = ok
 	a.mu.Unlock()
+}
+
+// stableUUID derives a uuid-formatted identifier from name (a SHA-256 name
+// hash, laid out as a version 5 UUID would be).
+func stableUUID(name string) string {
+	h := sha256.Sum256([]byte(name))
+	h[6] = h[6]&0x0f | 0x50
+	h[8] = h[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }

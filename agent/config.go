@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"strings"
@@ -33,6 +34,31 @@ type Config struct {
 	VCenterCAFile   string   `envconfig:"VCENTER_CA_FILE" desc:"CA bundle for vCenter's certificate ([vmware] ca_file)"`
 	Clusters        []string `envconfig:"CLUSTERS" desc:"comma-separated vCenter clusters to serve ([vmware] cluster_name); empty: every cluster"`
 	DatastoreRegex  string   `envconfig:"DATASTORE_REGEX" desc:"regular expression selecting datastores ([vmware] datastore_regex); empty: all"`
+
+	AuthURL               string `envconfig:"AUTH_URL" desc:"keystone URL for placement and glance ([placement] auth_url)"`
+	AuthUsername          string `envconfig:"AUTH_USERNAME" desc:"service user ([placement] username)"`
+	AuthPassword          string `envconfig:"AUTH_PASSWORD" desc:"service user's password ([placement] password)"`
+	AuthProjectName       string `envconfig:"AUTH_PROJECT_NAME" default:"service" desc:"service project ([placement] project_name)"`
+	AuthUserDomainName    string `envconfig:"AUTH_USER_DOMAIN_NAME" default:"Default" desc:"([placement] user_domain_name)"`
+	AuthProjectDomainName string `envconfig:"AUTH_PROJECT_DOMAIN_NAME" default:"Default" desc:"([placement] project_domain_name)"`
+	RegionName            string `envconfig:"REGION_NAME" desc:"region of the endpoints in the catalog ([placement] region_name)"`
+	AuthToken             string `envconfig:"AUTH_TOKEN" desc:"a fixed token instead of keystone (needs VCAGENT_PLACEMENT_ENDPOINT); for test clouds ([placement] auth_type=admin_token)"`
+	PlacementEndpoint     string `envconfig:"PLACEMENT_ENDPOINT" desc:"placement URL, instead of the catalog's ([placement] endpoint_override)"`
+	GlanceEndpoint        string `envconfig:"GLANCE_ENDPOINT" desc:"glance URL, instead of the catalog's ([glance] endpoint_override)"`
+
+	MyIP                       string        `envconfig:"MY_IP" desc:"IP address reported as the compute nodes' host_ip ([DEFAULT] my_ip)"`
+	ReportInterval             time.Duration `envconfig:"REPORT_INTERVAL" default:"10s" desc:"service heartbeat interval ([DEFAULT] report_interval)"`
+	ResourceInterval           time.Duration `envconfig:"RESOURCE_INTERVAL" default:"60s" desc:"compute node refresh interval ([DEFAULT] update_resources_interval)"`
+	SchedulerSyncInterval      time.Duration `envconfig:"SCHEDULER_SYNC_INTERVAL" default:"120s" desc:"instance list sent to the scheduler ([DEFAULT] scheduler_instance_sync_interval)"`
+	CPUAllocationRatio         float64       `envconfig:"CPU_ALLOCATION_RATIO" default:"0" desc:"VCPU allocation ratio; 0 keeps placement's ([DEFAULT] cpu_allocation_ratio)"`
+	RAMAllocationRatio         float64       `envconfig:"RAM_ALLOCATION_RATIO" default:"0" desc:"MEMORY_MB allocation ratio; 0 keeps placement's ([DEFAULT] ram_allocation_ratio)"`
+	DiskAllocationRatio        float64       `envconfig:"DISK_ALLOCATION_RATIO" default:"0" desc:"DISK_GB allocation ratio; 0 keeps placement's ([DEFAULT] disk_allocation_ratio)"`
+	InitialCPUAllocationRatio  float64       `envconfig:"INITIAL_CPU_ALLOCATION_RATIO" default:"16.0" desc:"VCPU ratio of a new node ([DEFAULT] initial_cpu_allocation_ratio)"`
+	InitialRAMAllocationRatio  float64       `envconfig:"INITIAL_RAM_ALLOCATION_RATIO" default:"1.5" desc:"MEMORY_MB ratio of a new node ([DEFAULT] initial_ram_allocation_ratio)"`
+	InitialDiskAllocationRatio float64       `envconfig:"INITIAL_DISK_ALLOCATION_RATIO" default:"1.0" desc:"DISK_GB ratio of a new node ([DEFAULT] initial_disk_allocation_ratio)"`
+	ReservedHostMemoryMB       int64         `envconfig:"RESERVED_HOST_MEMORY_MB" default:"512" desc:"([DEFAULT] reserved_host_memory_mb)"`
+	ReservedHostDiskMB         int64         `envconfig:"RESERVED_HOST_DISK_MB" default:"0" desc:"([DEFAULT] reserved_host_disk_mb)"`
+	ReservedHostCPUs           int64         `envconfig:"RESERVED_HOST_CPUS" default:"0" desc:"([DEFAULT] reserved_host_cpus)"`
 
 	SimClusters        int `envconfig:"SIM_CLUSTERS" default:"2" desc:"embedded simulator: number of clusters"`
 	SimHostsPerCluster int `envconfig:"SIM_HOSTS_PER_CLUSTER" default:"3" desc:"embedded simulator: ESXi hosts per cluster"`
@@ -105,6 +131,33 @@ func (c *Config) finish() error {
 	case "json", "console", "auto":
 	default:
 		return bad("LOG_FORMAT", "%q is not json, console or auto", c.LogFormat)
+	}
+	for name, d := range map[string]time.Duration{"REPORT_INTERVAL": c.ReportInterval, "RESOURCE_INTERVAL": c.ResourceInterval, "SCHEDULER_SYNC_INTERVAL": c.SchedulerSyncInterval} {
+		if d <= 0 {
+			return bad(name, "must be positive, got %s", d)
+		}
+	}
+	for name, r := range map[string]float64{"CPU_ALLOCATION_RATIO": c.CPUAllocationRatio, "RAM_ALLOCATION_RATIO": c.RAMAllocationRatio, "DISK_ALLOCATION_RATIO": c.DiskAllocationRatio} {
+		if r < 0 {
+			return bad(name, "must not be negative, got %g", r)
+		}
+	}
+	for name, r := range map[string]float64{"INITIAL_CPU_ALLOCATION_RATIO": c.InitialCPUAllocationRatio, "INITIAL_RAM_ALLOCATION_RATIO": c.InitialRAMAllocationRatio, "INITIAL_DISK_ALLOCATION_RATIO": c.InitialDiskAllocationRatio} {
+		if r <= 0 {
+			return bad(name, "must be positive, got %g", r)
+		}
+	}
+	if c.ReservedHostMemoryMB < 0 || c.ReservedHostDiskMB < 0 || c.ReservedHostCPUs < 0 {
+		return bad("RESERVED_HOST_MEMORY_MB", "reserved amounts must not be negative")
+	}
+	switch {
+	case c.AuthToken != "" && c.PlacementEndpoint == "":
+		return bad("PLACEMENT_ENDPOINT", "required with VCAGENT_AUTH_TOKEN")
+	case c.AuthToken == "" && c.AuthURL != "" && (c.AuthUsername == "" || c.AuthPassword == ""):
+		return bad("AUTH_USERNAME", "VCAGENT_AUTH_URL needs VCAGENT_AUTH_USERNAME and VCAGENT_AUTH_PASSWORD")
+	}
+	if c.MyIP != "" && net.ParseIP(c.MyIP) == nil {
+		return bad("MY_IP", "%q is not an IP address", c.MyIP)
 	}
 	if c.ShutdownTimeout <= 0 {
 		return bad("SHUTDOWN_TIMEOUT", "must be positive, got %s", c.ShutdownTimeout)

@@ -40,6 +40,7 @@ func TestMain(m *testing.M) {
 		panic("building the agent: " + err.Error())
 	}
 	code := m.Run()
+	stopControlPlane()
 	_ = os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -97,7 +98,7 @@ func startAgent(t testing.TB, env ...string) *agentProc {
 			a.mu.Unlock()
 		}
 	})
-	a.waitLog(t, 60*time.Second, func(m map[string]any) bool { return m["message"] == "consuming" && m["topic"] == "compute" })
+	a.waitLog(t, 180*time.Second, func(m map[string]any) bool { return m["message"] == "consuming" && m["topic"] == "compute" })
 	return a
 }
 
@@ -143,22 +144,25 @@ func pingUntilAnswered(t testing.TB, tr *rpc.Transport, host string, within time
 }
 
 // TestAgentServesComputeBaseAPIAndSurvivesFaults runs the agent binary
-// (embedded vCenter) and drives it from the real Python client: nova's
-// baseapi ping is answered, unimplemented compute methods and unknown
-// versions get oslo's failures, malformed messages are dropped or answered
-// as oslo does and the next message is served, the agent serves again after
-// its connections are killed and after a broker restart, and SIGTERM stops
-// it cleanly.
+// (embedded vCenter) as nova-compute of the real control plane and drives
+// it from the real Python client: nova's baseapi ping is answered,
+// unimplemented compute methods and unknown versions get oslo's failures,
+// malformed messages are dropped or answered as oslo does and the next
+// message is served, the agent serves again after its connections are
+// killed and after a broker restart (and nova sees it up again), and
+// SIGTERM stops it cleanly.
 func TestAgentServesComputeBaseAPIAndSurvivesFaults(t *testing.T) {
-	url := vhostURL(t, "vcagent_agent_it")
-	const host = "agent-it"
-	agent := startAgent(t, "VCAGENT_TRANSPORT_URL="+url, "VCAGENT_HOST="+host)
+	ctrl := controlPlane(t)
+	url := ctrl.TransportURL
+	host := fmt.Sprintf("agent-it-%d", time.Now().Unix()%100000)
+	agent := startAgent(t, computeAgentEnv(ctrl, host)...)
 
 	res := runCalls(t, url, "nova", []map[string]any{
 		{"id": "ping", "topic": "compute", "server": host, "method": "ping", "namespace": "baseapi", "version": "1.1", "args": map[string]any{"arg": "x"}},
 		{"id": "ping_topic", "topic": "compute", "method": "ping", "namespace": "baseapi", "version": "1.0", "args": map[string]any{"arg": 1}},
 		{"id": "backdoor", "topic": "compute", "server": host, "method": "get_backdoor_port", "namespace": "baseapi", "version": "1.1"},
-		{"id": "unimplemented", "topic": "compute", "server": host, "method": "get_host_uptime", "version": "6.0"},
+		{"id": "unimplemented", "topic": "compute", "server": host, "method": "get_console_topic", "version": "6.0"},
+		{"id": "uptime", "topic": "compute", "server": host, "method": "get_host_uptime", "version": "6.0"},
 		{"id": "newer", "topic": "compute", "server": host, "method": "get_host_uptime", "version": "6.2"},
 		{"id": "major", "topic": "compute", "server": host, "method": "get_host_uptime", "version": "5.0"},
 	})
@@ -166,7 +170,8 @@ func TestAgentServesComputeBaseAPIAndSurvivesFaults(t *testing.T) {
 		"ping":          {"ok": true, "result": map[string]any{"service": "compute", "arg": "x"}},
 		"ping_topic":    {"ok": true, "result": map[string]any{"service": "compute", "arg": 1.0}},
 		"backdoor":      {"ok": true, "result": nil},
-		"unimplemented": {"ok": false, "exception_class": "RemoteError", "remote_exc_type": "NoSuchMethod", "message": "Endpoint does not support RPC method get_host_uptime"},
+		"unimplemented": {"ok": false, "exception_class": "RemoteError", "remote_exc_type": "NoSuchMethod", "message": "Endpoint does not support RPC method get_console_topic"},
+		"uptime":        {"ok": false, "exception_class": "NotImplementedError", "message": "Multiple hosts may be managed by the VMWare vCenter driver; therefore we do not return uptime for just one host."},
 		"newer":         {"ok": false, "exception_class": "RemoteError", "remote_exc_type": "UnsupportedVersion", "message": "Endpoint does not support RPC version 6.2. Attempted method: get_host_uptime"},
 		"major":         {"ok": false, "exception_class": "RemoteError", "remote_exc_type": "UnsupportedVersion", "message": "Endpoint does not support RPC version 5.0. Attempted method: get_host_uptime"},
 	}
@@ -211,12 +216,14 @@ func TestAgentServesComputeBaseAPIAndSurvivesFaults(t *testing.T) {
 	tr := goTransport(t, url)
 	pingUntilAnswered(t, tr, host, 10*time.Second)
 
-	rabbitmqctl(t, "close_all_connections", "--vhost", "vcagent_agent_it", "fault test")
+	rabbitmqctl(t, "close_all_connections", "--vhost", ctrl.Rabbit.VHost, "fault test")
 	pingUntilAnswered(t, tr, host, 30*time.Second)
 
 	rabbitmqctl(t, "stop_app")
 	rabbitmqctl(t, "start_app")
 	pingUntilAnswered(t, tr, host, 60*time.Second)
+	// Heartbeats resume through the reconnected conductor client.
+	waitServiceState(t, ctrl, host, "up", time.Duration(ctrl.ServiceDownTime+60)*time.Second)
 
 	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -34,10 +34,20 @@ func BaseAPIEndpoint(serviceName string) rpc.Endpoint {
 }
 
 // Endpoints are the endpoints of the compute RPC server, in nova's order:
-// the compute manager (6.x), then baseapi.
+// the compute manager (6.x), then baseapi. Methods not listed get oslo's
+// NoSuchMethod, as from a nova-compute that lacks them.
 func Endpoints() []rpc.Endpoint {
 	return []rpc.Endpoint{
-		{Version: RPCAPIVersion, Methods: map[string]rpc.Handler{}},
+		{Version: RPCAPIVersion, Methods: map[string]rpc.Handler{
+			"get_host_uptime": GetHostUptime,
+		}},
 		BaseAPIEndpoint(Topic),
 	}
+}
+
+// GetHostUptime answers as nova's VMware driver does: one compute service
+// manages many ESXi hosts, so there is no single uptime. nova-api turns this
+// NotImplementedError into "uptime": null.
+func GetHostUptime(ctx context.Context, req *rpc.Request) (any, error) {
+	return nil, rpc.BuiltinError("NotImplementedError", "Multiple hosts may be managed by the VMWare vCenter driver; therefore we do not return uptime for just one host.")
 }

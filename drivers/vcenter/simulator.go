@@ -65,6 +65,10 @@ type SimulatorConfig struct {
 	// empty Password gets a random one; URL returns it either way.
 	User     string
 	Password string
+	// InstanceUUID is the simulated vCenter's about.instanceUuid; empty
+	// picks a random one. Compute node names embed it, so an agent that
+	// restarts on a simulator must keep it to find its nodes again.
+	InstanceUUID string
 	// SessionTimeout, if positive, ends sessions idle for that long (as
 	// vCenter's session timeout does). It applies to sessions created after
 	// start-up.
@@ -131,7 +135,10 @@ func StartSimulator(ctx context.Context, cfg SimulatorConfig) (*Simulator, error
 	about.Build = "24022515"
 	about.ApiVersion = "8.0.3.0"
 	about.FullName = fmt.Sprintf("%s %s build-%s", about.Name, about.Version, about.Build)
-	about.InstanceUuid = randomUUID()
+	about.InstanceUuid = cfg.InstanceUUID
+	if about.InstanceUuid == "" {
+		about.InstanceUuid = randomUUID()
+	}
 
 	// The service, datacenter and clusters are built under the write lock;
 	// hosts and datastores are added afterwards, one host at a time under

@@ -1,0 +1,183 @@
+package compute
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/vcagent/vcagent/agent/cloud"
+	"github.com/vcagent/vcagent/agent/ovo"
+	"github.com/vcagent/vcagent/rpc"
+)
+
+// Config configures the compute role.
+type Config struct {
+	// Host is nova's [DEFAULT] host: the service's host name.
+	Host string
+	// HostIP is [DEFAULT] my_ip, reported as the nodes' host_ip.
+	HostIP string
+	// Exchange is nova's control exchange.
+	Exchange string
+	// Clusters limits the served clusters by name; empty serves every one.
+	Clusters []string
+	// DatastoreRegex selects usable datastores; nil allows every one.
+	DatastoreRegex *regexp.Regexp
+	// ReportInterval is [DEFAULT] report_interval (service heartbeats).
+	ReportInterval time.Duration
+	// ResourceInterval is update_resources_interval (0 in nova means 60 s).
+	ResourceInterval time.Duration
+	// SchedulerSyncInterval is scheduler_instance_sync_interval.
+	SchedulerSyncInterval time.Duration
+	// RPCTimeout is rpc_response_timeout for calls to conductor.
+	RPCTimeout time.Duration
+	// DrainTimeout bounds in-flight requests at shutdown.
+	DrainTimeout time.Duration
+	// Resources holds the allocation ratios and reserved amounts.
+	Resources cloud.ResourceConfig
+}
+
+func (c *Config) defaults() {
+	if c.Exchange == "" {
+		c.Exchange = "nova"
+	}
+	if c.ReportInterval <= 0 {
+		c.ReportInterval = 10 * time.Second
+	}
+	if c.ResourceInterval <= 0 {
+		c.ResourceInterval = 60 * time.Second
+	}
+	if c.SchedulerSyncInterval <= 0 {
+		c.SchedulerSyncInterval = 120 * time.Second
+	}
+	if c.RPCTimeout <= 0 {
+		c.RPCTimeout = 60 * time.Second
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 60 * time.Second
+	}
+}
+
+// Manager is the nova-compute role: it registers the service, keeps a
+// compute node per cluster in nova and placement, heartbeats, tells the
+// scheduler which instances it has, and serves compute RPC.
+type Manager struct {
+	cfg       Config
+	tr        *rpc.Transport
+	cond      *Conductor
+	rt        *resourceTracker
+	scheduler rpc.Client
+	log       zerolog.Logger
+	// OnConsuming reports whether the compute RPC server consumes.
+	onConsuming func(bool)
+}
+
+// NewManager builds the compute role.
+func NewManager(cfg Config, tr *rpc.Transport, vc VCenter, placement Placement, onConsuming func(bool), log zerolog.Logger) (*Manager, error) {
+	cfg.defaults()
+	if cfg.Host == "" {
+		return nil, fmt.Errorf("compute: host name is empty")
+	}
+	log = log.With().Str("role", "compute").Logger()
+	cond := NewConductor(tr, cfg.Exchange, cfg.RPCTimeout, log)
+	sched := tr.NewClient(rpc.Target{Exchange: cfg.Exchange, Topic: "scheduler", Fanout: true, Version: "4.2"})
+	return &Manager{
+		cfg:  cfg,
+		tr:   tr,
+		cond: cond,
+		rt: &resourceTracker{
+			cond: cond, vc: vc, placement: placement, host: cfg.Host, hostIP: cfg.HostIP,
+			clusters: cfg.Clusters, dsRegex: cfg.DatastoreRegex, res: cfg.Resources, log: log,
+			nodes: map[string]*ovo.Object{},
+		},
+		scheduler:   sched,
+		log:         log,
+		onConsuming: onConsuming,
+	}, nil
+}
+
+// Run starts the role as nova-compute starts, and serves until ctx ends:
+// wait for conductor, register the service, report the nodes, serve RPC,
+// then heartbeat and refresh periodically. On return every goroutine it
+// started has stopped.
+func (m *Manager) Run(ctx context.Context) error {
+	rc := AdminContext()
+	if err := m.cond.WaitUntilReady(ctx, rc); err != nil {
+		return err
+	}
+	svc := &serviceRecord{cond: m.cond, host: m.cfg.Host, rc: rc, log: m.log}
+	if err := svc.register(ctx); err != nil {
+		return err
+	}
+	if err := m.rt.update(ctx, rc); err != nil {
+		// nova-compute starts anyway and retries at the next period.
+		m.log.Error().Err(err).Msg("initial resource update failed")
+	}
+	srv, err := m.tr.NewServer(rpc.ServerConfig{
+		Target:       rpc.Target{Exchange: m.cfg.Exchange, Topic: Topic, Server: m.cfg.Host},
+		Endpoints:    Endpoints(),
+		DrainTimeout: m.cfg.DrainTimeout,
+		OnConsuming:  m.onConsuming,
+	})
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	goLoop := func(f func()) {
+		wg.Add(1)
+		go func() { defer wg.Done(); f() }()
+	}
+	goLoop(func() { svc.runHeartbeats(ctx, m.cfg.ReportInterval) })
+	goLoop(func() {
+		every(ctx, m.cfg.ResourceInterval, false, func() {
+			if err := m.rt.update(ctx, AdminContext()); err != nil {
+				m.log.Error().Err(err).Msg("update_available_resource failed")
+			}
+		})
+	})
+	goLoop(func() { every(ctx, m.cfg.SchedulerSyncInterval, true, func() { m.syncSchedulerInstanceInfo(ctx) }) })
+	return srv.Run(ctx)
+}
+
+// syncSchedulerInstanceInfo tells the schedulers which instances live on
+// this host (nova's _sync_scheduler_instance_info).
+func (m *Manager) syncSchedulerInstanceInfo(ctx context.Context) {
+	rc := AdminContext()
+	v, err := m.cond.ClassAction(ctx, rc, "InstanceList", "get_by_host", []any{m.cfg.Host},
+		map[string]any{"expected_attrs": []string{}, "use_slave": true})
+	if err != nil {
+		m.log.Warn().Err(err).Msg("listing this host's instances for the scheduler failed")
+		return
+	}
+	uuids := []string{}
+	if list, ok := v.(*ovo.Object); ok {
+		items, _ := list.Items()
+		for _, inst := range items {
+			uuids = append(uuids, inst.StringOrEmpty("uuid"))
+		}
+	}
+	if err := m.scheduler.Cast(ctx, rc, "sync_instance_info", map[string]any{"host_name": m.cfg.Host, "instance_uuids": uuids}); err != nil {
+		m.log.Warn().Err(err).Msg("sync_instance_info to the scheduler failed")
+	}
+}
+
+// every runs f every interval until ctx ends (at once first if now).
+func every(ctx context.Context, interval time.Duration, now bool, f func()) {
+	if now {
+		f()
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f()
+		}
+	}
+}

@@ -1,0 +1,304 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vcagent/vcagent/integration/cp"
+)
+
+// The real control plane is shared by every test of this run and stopped
+// by TestMain.
+var (
+	cpOnce sync.Once        //nolint:gochecknoglobals // one control plane per test run
+	cpInst *cp.ControlPlane //nolint:gochecknoglobals
+	cpErr  error            //nolint:gochecknoglobals
+)
+
+// controlPlane starts the real Zed control plane once per run.
+func controlPlane(t testing.TB) *cp.ControlPlane {
+	t.Helper()
+	cpOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		start := time.Now()
+		cpInst, cpErr = cp.Start(ctx, "")
+		if cpErr == nil {
+			fmt.Printf("control plane up in %s\n", time.Since(start).Round(time.Second))
+		}
+	})
+	if cpErr != nil {
+		t.Fatalf("real control plane: %v", cpErr)
+	}
+	return cpInst
+}
+
+func stopControlPlane() {
+	if cpInst != nil {
+		_ = cpInst.Stop()
+	}
+}
+
+// computeAgentEnv is the environment of an agent joining ctrl as host.
+func computeAgentEnv(ctrl *cp.ControlPlane, host string) []string {
+	return []string{
+		"VCAGENT_TRANSPORT_URL=" + ctrl.TransportURL,
+		"VCAGENT_HOST=" + host,
+		"VCAGENT_AUTH_TOKEN=" + ctrl.Token,
+		"VCAGENT_PLACEMENT_ENDPOINT=" + ctrl.PlacementURL,
+		"VCAGENT_GLANCE_ENDPOINT=" + ctrl.GlanceURL,
+		fmt.Sprintf("VCAGENT_REPORT_INTERVAL=%ds", max(ctrl.ReportInterval, 1)),
+	}
+}
+
+// computeServices returns nova's service records of binary nova-compute on host.
+func computeServices(t testing.TB, ctrl *cp.ControlPlane, host string) []map[string]any {
+	t.Helper()
+	v, err := ctrl.NovaGET(context.Background(), "/os-services?binary=nova-compute&host="+host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, s := range asList(v, "services") {
+		out = append(out, s)
+	}
+	return out
+}
+
+func asList(m map[string]any, key string) []map[string]any {
+	items, _ := m[key].([]any)
+	out := make([]map[string]any, 0, len(items))
+	for _, it := range items {
+		if mm, ok := it.(map[string]any); ok {
+			out = append(out, mm)
+		}
+	}
+	return out
+}
+
+// waitServiceState polls nova's API until the host's nova-compute service
+// has the wanted state ("up" or "down").
+func waitServiceState(t testing.TB, ctrl *cp.ControlPlane, host, state string, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		svcs := computeServices(t, ctrl, host)
+		if len(svcs) == 1 && svcs[0]["state"] == state {
+			return time.Since(start)
+		}
+		if len(svcs) > 1 {
+			t.Fatalf("%d nova-compute services for %s: %v", len(svcs), host, svcs)
+		}
+		if time.Since(start) > within {
+			t.Fatalf("service nova-compute on %s not %s within %s: %v", host, state, within, svcs)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// clusterLogs returns the agent's "serving cluster" log lines by moref.
+func clusterLogs(t testing.TB, a *agentProc) map[string]map[string]any {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]map[string]any{}
+	for _, l := range a.logs {
+		if l["message"] == "serving cluster" {
+			out[l["moref"].(string)] = l
+		}
+	}
+	return out
+}
+
+// TestComputeJoinsRealControlPlane: the agent, with its embedded vCenter of
+// two clusters, joins the real Zed control plane as nova-compute: the
+// service is up, discover_hosts maps it, one hypervisor and one placement
+// provider per cluster carry the clusters' resources, the service goes
+// down when the agent stops, and a restart brings it back without
+// duplicates.
+func TestComputeJoinsRealControlPlane(t *testing.T) {
+	ctrl := controlPlane(t)
+	host := "vcagent-e2e-" + fmt.Sprint(time.Now().Unix()%100000)
+	started := time.Now()
+	agent := startAgent(t, computeAgentEnv(ctrl, host)...)
+	upAfter := waitServiceState(t, ctrl, host, "up", 90*time.Second)
+	t.Logf("service up %s after the agent consumed (%s after process start)", upAfter.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
+
+	ctx := context.Background()
+	out, err := ctrl.NovaManage(ctx, "cell_v2", "discover_hosts", "--verbose")
+	if err != nil {
+		t.Fatalf("discover_hosts: %v\n%s", err, out)
+	}
+	hosts, err := ctrl.NovaManage(ctx, "cell_v2", "list_hosts")
+	if err != nil || !strings.Contains(hosts, host) {
+		t.Fatalf("cell_v2 list_hosts does not map %s: %v\n%s", host, err, hosts)
+	}
+
+	clusters := clusterLogs(t, agent)
+	if len(clusters) != 2 {
+		t.Fatalf("agent serves %d clusters, want 2", len(clusters))
+	}
+	hypervisors := hypervisorsOf(t, ctrl, host, 2)
+	vcUUID := ""
+	for _, l := range agent.logs {
+		if l["message"] == "connected to vCenter" {
+			vcUUID, _ = l["instance_uuid"].(string)
+		}
+	}
+	for moref, cl := range clusters {
+		name := moref + "." + vcUUID
+		hv := hypervisors[name]
+		if hv == nil {
+			t.Fatalf("no hypervisor %s among %v", name, keys(hypervisors))
+		}
+		if hv["hypervisor_type"] != "VMware vCenter Server" || hv["state"] != "up" || hv["status"] != "enabled" {
+			t.Errorf("hypervisor %s: %v", name, hv)
+		}
+		if num(hv["vcpus"]) != num(cl["vcpus"]) || num(hv["memory_mb"]) != num(cl["memory_mb"]) || num(hv["local_gb"]) != num(cl["disk_gb"]) {
+			t.Errorf("hypervisor %s has vcpus %v memory_mb %v local_gb %v; the cluster has %v %v %v",
+				name, hv["vcpus"], hv["memory_mb"], hv["local_gb"], cl["vcpus"], cl["memory_mb"], cl["disk_gb"])
+		}
+		checkProvider(t, ctrl, hv, cl)
+	}
+
+	// Stop: nova marks the service down after service_down_time.
+	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-agent.done
+	downAfter := waitServiceState(t, ctrl, host, "down", time.Duration(ctrl.ServiceDownTime+60)*time.Second)
+	t.Logf("service down %s after the agent stopped (service_down_time %d s)", downAfter.Round(time.Second), ctrl.ServiceDownTime)
+
+	// Restart: the same records come back; nothing is duplicated.
+	startAgent(t, computeAgentEnv(ctrl, host)...)
+	waitServiceState(t, ctrl, host, "up", 90*time.Second)
+	again := hypervisorsOf(t, ctrl, host, 2)
+	for name, hv := range hypervisors {
+		if again[name] == nil || fmt.Sprint(again[name]["id"]) != fmt.Sprint(hv["id"]) {
+			t.Errorf("hypervisor %s changed across the restart: %v -> %v", name, hv["id"], again[name])
+		}
+	}
+	rps := providersNamed(t, ctrl, keys(hypervisors))
+	if len(rps) != 2 {
+		t.Errorf("%d placement providers for the two clusters after a restart", len(rps))
+	}
+}
+
+// hypervisorsOf lists the host's hypervisors by hypervisor_hostname,
+// waiting until there are n of them.
+func hypervisorsOf(t testing.TB, ctrl *cp.ControlPlane, host string, n int) map[string]map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		// 2.87: the last microversion that shows the hypervisors' resources.
+		v, err := ctrl.Do(context.Background(), "GET", ctrl.NovaURL+"/os-hypervisors/detail", nil,
+			http.Header{"X-OpenStack-Nova-API-Version": {"2.87"}, ctrl.AuthHeader: {ctrl.Token}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]map[string]any{}
+		for _, hv := range asList(v, "hypervisors") {
+			svc, _ := hv["service"].(map[string]any)
+			if svc["host"] == host {
+				out[hv["hypervisor_hostname"].(string)] = hv
+			}
+		}
+		if len(out) == n {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d hypervisors for %s, want %d", len(out), host, n)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// checkProvider compares the node's placement provider with the cluster.
+func checkProvider(t testing.TB, ctrl *cp.ControlPlane, hv, cl map[string]any) {
+	t.Helper()
+	ctx := context.Background()
+	uuid, _ := hv["id"].(string)
+	rp, err := ctrl.PlacementGET(ctx, "/resource_providers/"+uuid)
+	if err != nil {
+		t.Fatalf("placement provider of %s: %v", hv["hypervisor_hostname"], err)
+	}
+	if rp["name"] != hv["hypervisor_hostname"] {
+		t.Errorf("provider %s is named %v", uuid, rp["name"])
+	}
+	invs, err := ctrl.PlacementGET(ctx, "/resource_providers/"+uuid+"/inventories")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, _ := invs["inventories"].(map[string]any)
+	vcpu, _ := inv["VCPU"].(map[string]any)
+	mem, _ := inv["MEMORY_MB"].(map[string]any)
+	disk, _ := inv["DISK_GB"].(map[string]any)
+	if vcpu == nil || mem == nil || disk == nil {
+		t.Fatalf("provider %s inventories %v", uuid, inv)
+	}
+	if num(vcpu["total"]) != num(cl["vcpus"]) || num(vcpu["allocation_ratio"]) != 16 || num(vcpu["max_unit"]) <= 0 || num(vcpu["max_unit"]) > num(vcpu["total"]) {
+		t.Errorf("VCPU inventory %v for cluster %v", vcpu, cl)
+	}
+	if num(mem["total"]) != num(cl["memory_mb"]) || num(mem["reserved"]) != 512 || num(mem["allocation_ratio"]) != 1.5 {
+		t.Errorf("MEMORY_MB inventory %v for cluster %v", mem, cl)
+	}
+	if num(disk["total"]) <= 0 || num(disk["max_unit"]) > num(disk["total"]) {
+		t.Errorf("DISK_GB inventory %v", disk)
+	}
+	traits, err := ctrl.PlacementGET(ctx, "/resource_providers/"+uuid+"/traits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := fmt.Sprint(traits["traits"])
+	for _, want := range []string{"COMPUTE_NODE", "COMPUTE_IMAGE_TYPE_VMDK", "COMPUTE_NET_ATTACH_INTERFACE"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("provider %s traits %s lack %s", uuid, got, want)
+		}
+	}
+}
+
+func providersNamed(t testing.TB, ctrl *cp.ControlPlane, names []string) []any {
+	t.Helper()
+	var out []any
+	for _, n := range names {
+		v, err := ctrl.PlacementGET(context.Background(), "/resource_providers?name="+n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rps, _ := v["resource_providers"].([]any)
+		out = append(out, rps...)
+	}
+	return out
+}
+
+func num(v any) float64 {
+	switch x := v.(type) {
+	case float64:
+		return x
+	case json.Number:
+		f, _ := x.Float64()
+		return f
+	case int:
+		return float64(x)
+	case int64:
+		return float64(x)
+	}
+	return -1
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
