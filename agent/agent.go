@@ -46,7 +46,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			ListenAddr:      "127.0.0.1:0",
 			// Stable per host, like a real vCenter's: the compute nodes'
 			// names embed it, and a restarted agent must find them again.
-			InstanceUUID: stableUUID("vcagent-simulator:" + a.cfg.Host),
+			InstanceUUID:   stableUUID("vcagent-simulator:" + a.cfg.Host),
+			SessionTimeout: a.cfg.SimSessionTimeout,
 		})
 		if err != nil {
 			return fmt.Errorf("start the embedded vCenter simulator: %w", err)

@@ -128,10 +128,23 @@ func clusterLogs(t testing.TB, a *agentProc) map[string]map[string]any {
 func TestComputeJoinsRealControlPlane(t *testing.T) {
 	ctrl := controlPlane(t)
 	host := "vcagent-e2e-" + fmt.Sprint(time.Now().Unix()%100000)
+	schedulerFanout := listenFanout(t, ctrl.TransportURL, "scheduler")
 	started := time.Now()
 	agent := startAgent(t, computeAgentEnv(ctrl, host)...)
 	upAfter := waitServiceState(t, ctrl, host, "up", 90*time.Second)
 	t.Logf("service up %s after the agent consumed (%s after process start)", upAfter.Round(time.Millisecond), time.Since(started).Round(time.Millisecond))
+
+	// The scheduler hears which instances live here (none yet).
+	for {
+		m := schedulerFanout.next(t)
+		args, _ := m["args"].(map[string]any)
+		if m["method"] == "sync_instance_info" && args["host_name"] == host {
+			if uuids, ok := args["instance_uuids"].([]any); !ok || len(uuids) != 0 || m["version"] != "4.2" {
+				t.Errorf("sync_instance_info: %v", m)
+			}
+			break
+		}
+	}
 
 	ctx := context.Background()
 	out, err := ctrl.NovaManage(ctx, "cell_v2", "discover_hosts", "--verbose")
@@ -301,4 +314,45 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestComputeKeepsReportingAcrossVCenterSessionExpiry: the embedded
+// vCenter ends idle sessions after 2 s while the agent refreshes its nodes
+// every 3 s: the session re-logs in, every refresh succeeds, and nova keeps
+// the service up.
+func TestComputeKeepsReportingAcrossVCenterSessionExpiry(t *testing.T) {
+	ctrl := controlPlane(t)
+	host := "vcagent-relogin-" + fmt.Sprint(time.Now().Unix()%100000)
+	env := append(computeAgentEnv(ctrl, host), "VCAGENT_SIM_SESSION_TIMEOUT=2s", "VCAGENT_RESOURCE_INTERVAL=3s")
+	agent := startAgent(t, env...)
+	waitServiceState(t, ctrl, host, "up", 90*time.Second)
+	relogin := agent.waitLog(t, 60*time.Second, func(m map[string]any) bool { return m["message"] == "re-logged in to vCenter" })
+	reloginAt, _ := time.Parse(time.RFC3339Nano, relogin["time"].(string))
+	agent.waitLog(t, 30*time.Second, func(m map[string]any) bool {
+		at, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(m["time"]))
+		return m["message"] == "final resource view" && at.After(reloginAt)
+	})
+	agent.mu.Lock()
+	for _, l := range agent.logs {
+		if l["message"] == "update_available_resource failed" || l["message"] == "updating the compute node failed" {
+			t.Errorf("a refresh failed across the session expiry: %v", l)
+		}
+	}
+	agent.mu.Unlock()
+	waitServiceState(t, ctrl, host, "up", 10*time.Second)
+}
+
+// listenFanout binds a private queue to <topic>_fanout (declared as oslo
+// declares it) and returns the inner messages cast there.
+func listenFanout(t testing.TB, url, topic string) *rawReplies {
+	t.Helper()
+	raw := rawPublisher(t, url)
+	if err := raw.ch.ExchangeDeclare(topic+"_fanout", "fanout", false, true, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := raw.replyQueue(t)
+	if err := raw.ch.QueueBind(r.name, topic, topic+"_fanout", false, nil); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -181,6 +181,9 @@ func (rt *resourceTracker) updateNode(ctx context.Context, rc rpc.Context, c vce
 		}
 	}
 	rt.nodes[name] = node
+	// nova logs the same at INFO every period.
+	rt.log.Info().Str("nodename", name).Int64("phys_ram_mb", r.MemoryMB).Int64("used_ram_mb", usedMB).
+		Int64("phys_disk_gb", r.DiskTotalGB).Int64("total_vcpus", r.VCPUs).Msg("final resource view")
 	return rt.updateProvider(ctx, node, name, c)
 }
 
