@@ -245,7 +245,7 @@ func (r *replyRouter) run(ctx context.Context) {
 	var once sync.Once
 	for ctx.Err() == nil {
 		err := r.consume(ctx, func() { once.Do(func() { close(r.ready) }) })
-		if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+		if ctx.Err() != nil || errors.Is(err, ErrClosed) || r.t.closing() {
 			return
 		}
 		r.t.log.Warn().Err(err).Str("queue", r.name).Msg("reply consumer stopped; consuming again")

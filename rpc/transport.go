@@ -90,11 +90,22 @@ func (t *Transport) WaitConnected(ctx context.Context) error {
 // Servers should be stopped first so that their last replies still go out.
 func (t *Transport) Close() {
 	t.once.Do(func() {
+		close(t.done)
 		t.listen.close()
 		t.send.close()
-		close(t.done)
 		t.wg.Wait()
 	})
+}
+
+// closing reports whether Close has been called, so that goroutines whose
+// connection it closed stop quietly instead of reconnecting.
+func (t *Transport) closing() bool {
+	select {
+	case <-t.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // goOwned runs f as a goroutine owned by the transport: its context ends
