@@ -67,11 +67,7 @@ func computeServices(t testing.TB, ctrl *cp.ControlPlane, host string) []map[str
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []map[string]any
-	for _, s := range asList(v, "services") {
-		out = append(out, s)
-	}
-	return out
+	return asList(v, "services")
 }
 
 func asList(m map[string]any, key string) []map[string]any {

@@ -18,12 +18,6 @@ const envelopeVersion = "2.0"
 // requeue) because oslo would not decode it either.
 var ErrUndecodable = errors.New("undecodable message")
 
-// envelope is the outer JSON of every oslo message.
-type envelope struct {
-	Version string `json:"oslo.version"`
-	Message string `json:"oslo.message"`
-}
-
 // encodeEnvelope wraps inner (already JSON) into the 2.0 envelope. Both
 // layers are ASCII with \u escapes, like Python's json.dumps, so that byte
 // comparisons against recorded Python messages hold.
