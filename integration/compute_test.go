@@ -179,6 +179,26 @@ func TestComputeJoinsRealControlPlane(t *testing.T) {
 		checkProvider(t, ctrl, hv, cl)
 	}
 
+	// forced_down (an operator's fencing) wins over the heartbeats, which
+	// must not reset it; clearing it brings the service back.
+	svc := computeServices(t, ctrl, host)[0]
+	force := func(down bool) {
+		t.Helper()
+		_, err := ctrl.Do(ctx, "PUT", fmt.Sprintf("%s/os-services/%v", ctrl.NovaURL, svc["id"]), map[string]any{"forced_down": down},
+			http.Header{"X-OpenStack-Nova-API-Version": {"2.53"}, ctrl.AuthHeader: {ctrl.Token}, "Content-Type": {"application/json"}})
+		if err != nil {
+			t.Fatalf("forced_down=%v: %v", down, err)
+		}
+	}
+	force(true)
+	waitServiceState(t, ctrl, host, "down", 10*time.Second)
+	time.Sleep(time.Duration(2*max(ctrl.ReportInterval, 1)) * time.Second) // heartbeats go on meanwhile
+	if s := computeServices(t, ctrl, host)[0]; s["state"] != "down" || s["forced_down"] != true {
+		t.Errorf("a heartbeat undid forced_down: %v", s)
+	}
+	force(false)
+	waitServiceState(t, ctrl, host, "up", 30*time.Second)
+
 	// Stop: nova marks the service down after service_down_time.
 	if err := agent.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
