@@ -32,6 +32,16 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 
+log "static build (what the Containerfile builds)"
+static=$(mktemp -d)/vcagent
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$static" .
+"$static" --help | grep -q VCAGENT_TRANSPORT_URL
+if ldd "$static" >/dev/null 2>&1; then
+	echo "the agent binary is not static" >&2
+	exit 1
+fi
+rm -rf "$(dirname "$static")"
+
 # One package at a time: the rpc tests restart the broker's application,
 # which must not cut the connections of another package's tests.
 log "unit tests (race detector)"
