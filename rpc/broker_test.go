@@ -210,3 +210,27 @@ func TestCallTimesOutWithoutServer(t *testing.T) {
 		t.Fatalf("timed out after %s", d)
 	}
 }
+
+// TestCallTimesOutWhileBrokerUnreachable: with no broker to publish to, a
+// call still ends after its timeout with ErrTimeout.
+func TestCallTimesOutWhileBrokerUnreachable(t *testing.T) {
+	u, err := ParseTransportURL("rabbit://guest:guest@127.0.0.1:1/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := NewTransport(Config{URL: u, Options: DefaultOptions(), Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := tr.NewClient(Target{Exchange: "x", Topic: "t", Server: "h"})
+	c.Timeout = 500 * time.Millisecond
+	start := time.Now()
+	_, err = c.Call(context.Background(), nil, "echo", nil)
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("want ErrTimeout, got %v", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("call took %s with a 500ms timeout", d)
+	}
+}

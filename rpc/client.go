@@ -130,9 +130,14 @@ func (c Client) Call(ctx context.Context, rc Context, method string, args any) (
 	if timeout <= 0 {
 		timeout = c.t.opts.ResponseTimeout
 	}
-	replyQ, err := c.t.replies.queue(ctx)
+	// The timeout covers the whole call, publishing included: while the
+	// broker is away a call fails with ErrTimeout, as oslo's does, instead
+	// of waiting for the broker indefinitely.
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	replyQ, err := c.t.replies.queue(callCtx)
 	if err != nil {
-		return nil, fmt.Errorf("call %s: reply queue: %w", method, err)
+		return nil, c.callError(ctx, method, timeout, fmt.Errorf("reply queue: %w", err))
 	}
 	r.MsgID, r.ReplyQ = uuidHex(), replyQ
 	if c.MonitorTimeout > 0 {
@@ -148,8 +153,8 @@ func (c Client) Call(ctx context.Context, rc Context, method string, args any) (
 
 	overall := time.NewTimer(timeout)
 	defer overall.Stop()
-	if err := c.send(ctx, inner, timeout); err != nil {
-		return nil, fmt.Errorf("call %s to %s: %w", method, c.Target, err)
+	if err := c.send(callCtx, inner, timeout); err != nil {
+		return nil, c.callError(ctx, method, timeout, err)
 	}
 	var monitor <-chan time.Time
 	var monitorTimer *time.Timer
@@ -185,6 +190,15 @@ func (c Client) Call(ctx context.Context, rc Context, method string, args any) (
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// callError reports a call that could not be sent: a timeout when the
+// call's own deadline passed, the caller's error when its ctx ended.
+func (c Client) callError(ctx context.Context, method string, timeout time.Duration, err error) error {
+	if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: call %s to %s not sent within %s", ErrTimeout, method, c.Target, timeout)
+	}
+	return fmt.Errorf("call %s to %s: %w", method, c.Target, err)
 }
 
 func isNull(raw json.RawMessage) bool {

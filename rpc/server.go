@@ -390,7 +390,12 @@ func (s *Server) startHeartbeat(ctx context.Context, req *Request) (stop func())
 			case <-done:
 				return
 			case <-tick.C:
-				if err := s.publishReply(ctx, req, replyBody{Result: json.RawMessage("null"), MsgID: req.MsgID}); err != nil {
+				// A heartbeat that cannot go out within its interval is
+				// useless, and must not hold up the handler's completion.
+				hctx, cancel := context.WithTimeout(ctx, interval)
+				err := s.publishReply(hctx, req, replyBody{Result: json.RawMessage("null"), MsgID: req.MsgID})
+				cancel()
+				if err != nil {
 					zerolog.Ctx(ctx).Debug().Err(err).Msg("call-monitor heartbeat failed")
 					return
 				}
@@ -440,6 +445,10 @@ type replyBody struct {
 // kombu_missing_consumer_retry_timeout, then remembered as obsolete.
 func (s *Server) reply(ctx context.Context, req *Request, result any, herr error) error {
 	body := buildReply(req, result, herr)
+	// No caller waits longer than this for a reply (oslo's limit too), so a
+	// broker that stays away cannot hold a worker forever.
+	ctx, cancel := context.WithTimeout(ctx, s.t.opts.MissingConsumerRetryTimeout+5*time.Second)
+	defer cancel()
 	if s.obs.has(req.ReplyQueue) {
 		return fmt.Errorf("reply queue %s is obsolete: %w", req.ReplyQueue, ErrUnroutable)
 	}
