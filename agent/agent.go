@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -20,9 +19,6 @@ import (
 type Agent struct {
 	cfg Config
 	log zerolog.Logger
-
-	mu    sync.Mutex
-	ready map[string]bool // readiness by component
 }
 
 // New builds an agent from a loaded configuration.
@@ -30,7 +26,7 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 	if cfg.transport.Hosts == nil {
 		return nil, fmt.Errorf("%w: configuration was not loaded with LoadConfig", ErrConfig)
 	}
-	return &Agent{cfg: cfg, log: log, ready: map[string]bool{}}, nil
+	return &Agent{cfg: cfg, log: log}, nil
 }
 
 // Run connects to vCenter and the bus and serves until ctx ends, then
@@ -80,9 +76,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		URL:     a.cfg.transport,
 		Options: a.cfg.rpcOpts,
 		Log:     a.log.With().Str("component", "rpc").Logger(),
-		OnLinkEvent: func(ev rpc.LinkEvent) {
-			a.setReady("amqp_"+ev.Purpose, ev.Connected)
-		},
 	})
 	if err != nil {
 		return fmt.Errorf("bus: %w", err)
@@ -118,7 +111,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			ReservedHostDiskMB:         a.cfg.ReservedHostDiskMB,
 			ReservedHostCPUs:           a.cfg.ReservedHostCPUs,
 		},
-	}, tr, vc, pl, func(on bool) { a.setReady("compute_rpc", on) }, a.log)
+	}, tr, vc, pl, nil, a.log)
 	if err != nil {
 		return err
 	}
@@ -174,11 +167,6 @@ func (a *Agent) logInventory(ctx context.Context, vc *vcenter.Session) error {
 	return nil
 }
 
-func (a *Agent) setReady(component string, ok bool) {
-	a.mu.Lock()
-	a.ready[component] = ok
-	a.mu.Unlock()
-}
 
 // stableUUID derives a uuid-formatted identifier from name (a SHA-256 name
 // hash, laid out as a version 5 UUID would be).
