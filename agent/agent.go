@@ -167,7 +167,6 @@ func (a *Agent) logInventory(ctx context.Context, vc *vcenter.Session) error {
 	return nil
 }
 
-
 // stableUUID derives a uuid-formatted identifier from name (a SHA-256 name
 // hash, laid out as a version 5 UUID would be).
 func stableUUID(name string) string {
