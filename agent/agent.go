@@ -11,6 +11,7 @@ import (
 
 	"github.com/vcagent/vcagent/agent/cloud"
 	"github.com/vcagent/vcagent/agent/compute"
+	"github.com/vcagent/vcagent/agent/ops"
 	"github.com/vcagent/vcagent/drivers/vcenter"
 	"github.com/vcagent/vcagent/rpc"
 )
@@ -33,6 +34,14 @@ func New(cfg Config, log zerolog.Logger) (*Agent, error) {
 // drains: it stops taking messages, lets in-flight work finish within
 // ShutdownTimeout, closes the bus connections and logs out of vCenter.
 func (a *Agent) Run(ctx context.Context) error {
+	o := ops.New(a.log)
+	if a.cfg.HTTPAddr != "" {
+		octx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		served := make(chan error, 1)
+		go func() { served <- o.Serve(octx, a.cfg.HTTPAddr) }()
+		// The endpoint outlives the drain, so probes see it to the end.
+		defer func() { stop(); <-served }()
+	}
 	vcCfg := vcenter.Config{URL: a.cfg.VCenterURL, User: a.cfg.VCenterUser, Password: a.cfg.VCenterPassword, Insecure: a.cfg.VCenterInsecure, CAFile: a.cfg.VCenterCAFile}
 	if a.cfg.VCenterURL == "" {
 		sim, err := vcenter.StartSimulator(ctx, vcenter.SimulatorConfig{
@@ -54,6 +63,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info().Str("url", u.Redacted()).Int("clusters", a.cfg.SimClusters).Int("hosts_per_cluster", a.cfg.SimHostsPerCluster).
 			Msg("no vCenter configured: embedded vCenter simulator listening")
 	}
+	vcCfg.OnCall = o.OnVCenterCall
 	vc, err := vcenter.New(vcCfg, a.log)
 	if err != nil {
 		return fmt.Errorf("vCenter: %w", err)
@@ -73,9 +83,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	tr, err := rpc.NewTransport(rpc.Config{
-		URL:     a.cfg.transport,
-		Options: a.cfg.rpcOpts,
-		Log:     a.log.With().Str("component", "rpc").Logger(),
+		URL:         a.cfg.transport,
+		Options:     a.cfg.rpcOpts,
+		Log:         a.log.With().Str("component", "rpc").Logger(),
+		OnLinkEvent: o.OnLinkEvent,
+		OnPublish:   o.OnPublish,
 	})
 	if err != nil {
 		return fmt.Errorf("bus: %w", err)
@@ -89,6 +101,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else if pl, err = a.placement(ctx); err != nil {
 		return err
 	}
+	o.SetReady("compute_rpc", false, "waiting for nova-conductor")
 	mgr, err := compute.NewManager(compute.Config{
 		Host:                  a.cfg.Host,
 		HostIP:                a.cfg.MyIP,
@@ -111,7 +124,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			ReservedHostDiskMB:         a.cfg.ReservedHostDiskMB,
 			ReservedHostCPUs:           a.cfg.ReservedHostCPUs,
 		},
-	}, tr, vc, pl, nil, a.log)
+		RPCObserver: o.ServerObserver(),
+	}, tr, vc, pl, func(on bool) { o.SetReady("compute_rpc", on, "compute RPC server not consuming") }, a.log)
 	if err != nil {
 		return err
 	}

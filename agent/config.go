@@ -67,6 +67,8 @@ type Config struct {
 	// timeout does (tests use it to exercise re-login).
 	SimSessionTimeout time.Duration `envconfig:"SIM_SESSION_TIMEOUT" default:"0s" desc:"embedded simulator: idle session timeout (0: none)"`
 
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":9400" desc:"listen address of /metrics, /healthz and /readyz; empty turns them off"`
+
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info" desc:"trace, debug, info, warn or error ([DEFAULT] debug=true is debug)"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, JSON otherwise)"`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"60s" desc:"how long in-flight work may finish after SIGTERM ([DEFAULT] graceful_shutdown_timeout)"`
@@ -161,6 +163,11 @@ func (c *Config) finish() error {
 	}
 	if c.MyIP != "" && net.ParseIP(c.MyIP) == nil {
 		return bad("MY_IP", "%q is not an IP address", c.MyIP)
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return bad("HTTP_ADDR", "%q is not host:port: %v", c.HTTPAddr, err)
+		}
 	}
 	if c.ShutdownTimeout <= 0 {
 		return bad("SHUTDOWN_TIMEOUT", "must be positive, got %s", c.ShutdownTimeout)

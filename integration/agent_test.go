@@ -7,6 +7,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,7 +60,7 @@ type agentProc struct {
 func startAgent(t testing.TB, env ...string) *agentProc {
 	t.Helper()
 	a := &agentProc{cmd: exec.Command(agentBinary), done: make(chan error, 1)}
-	a.cmd.Env = append(os.Environ(), append([]string{"VCAGENT_LOG_FORMAT=json", "VCAGENT_SHUTDOWN_TIMEOUT=10s"}, env...)...)
+	a.cmd.Env = append(os.Environ(), append([]string{"VCAGENT_LOG_FORMAT=json", "VCAGENT_SHUTDOWN_TIMEOUT=10s", "VCAGENT_HTTP_ADDR=127.0.0.1:0"}, env...)...)
 	stderr, err := a.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +102,27 @@ func startAgent(t testing.TB, env ...string) *agentProc {
 	})
 	a.waitLog(t, 180*time.Second, func(m map[string]any) bool { return m["message"] == "consuming" && m["topic"] == "compute" })
 	return a
+}
+
+// opsURL is the base URL of the agent's operator endpoint.
+func (a *agentProc) opsURL(t testing.TB) string {
+	t.Helper()
+	l := a.waitLog(t, 10*time.Second, func(m map[string]any) bool {
+		return m["addr"] != nil && strings.HasPrefix(fmt.Sprint(m["message"]), "operator endpoint listening")
+	})
+	return "http://" + l["addr"].(string)
+}
+
+// httpGet returns the status and body of a GET.
+func httpGet(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url) //nolint:noctx // test helper
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // waitLog waits for a log line matching pred.
@@ -219,9 +242,33 @@ func TestAgentServesComputeBaseAPIAndSurvivesFaults(t *testing.T) {
 	rabbitmqctl(t, "close_all_connections", "--vhost", ctrl.Rabbit.VHost, "fault test")
 	pingUntilAnswered(t, tr, host, 30*time.Second)
 
+	ops := agent.opsURL(t)
+	if code, body := httpGet(t, ops+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz before the broker stops: %d %s", code, body)
+	}
 	rabbitmqctl(t, "stop_app")
+	notReady := false
+	for i := 0; i < 50 && !notReady; i++ {
+		code, body := httpGet(t, ops+"/readyz")
+		notReady = code == http.StatusServiceUnavailable && strings.Contains(body, "amqp_")
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !notReady {
+		t.Error("/readyz stayed ready while the broker was stopped")
+	}
 	rabbitmqctl(t, "start_app")
 	pingUntilAnswered(t, tr, host, 60*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, body := httpGet(t, ops+"/readyz")
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz not ready again after the broker came back: %s", body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	// Heartbeats resume through the reconnected conductor client.
 	waitServiceState(t, ctrl, host, "up", time.Duration(ctrl.ServiceDownTime+60)*time.Second)
 

@@ -179,6 +179,37 @@ func TestComputeJoinsRealControlPlane(t *testing.T) {
 		checkProvider(t, ctrl, hv, cl)
 	}
 
+	// From 2.88 nova-api asks each compute for its uptime while listing;
+	// the VMware driver has none, and the API shows null.
+	latest, err := ctrl.NovaGET(ctx, "/os-hypervisors/detail")
+	if err != nil {
+		t.Fatalf("hypervisor list at the newest microversion: %v", err)
+	}
+	for _, hv := range asList(latest, "hypervisors") {
+		if svc, _ := hv["service"].(map[string]any); svc["host"] == host {
+			if up, ok := hv["uptime"]; !ok || up != nil {
+				t.Errorf("hypervisor %v uptime %v, want null", hv["hypervisor_hostname"], up)
+			}
+		}
+	}
+
+	// The operator endpoint: ready, and the RPC and vCenter figures moved.
+	ops := agent.opsURL(t)
+	if code, body := httpGet(t, ops+"/readyz"); code != http.StatusOK {
+		t.Errorf("/readyz: %d %s", code, body)
+	}
+	_, metrics := httpGet(t, ops+"/metrics")
+	for _, want := range []string{
+		`vcagent_rpc_requests_total{method="get_host_uptime",outcome="NotImplementedError",topic="compute"}`,
+		`vcagent_vcenter_calls_total{method="RetrievePropertiesEx",result="ok"}`,
+		`vcagent_amqp_publishes_total{kind="call",result="confirmed"}`,
+		`vcagent_amqp_connection_up{purpose="listen"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	// forced_down (an operator's fencing) wins over the heartbeats, which
 	// must not reset it; clearing it brings the service back.
 	svc := computeServices(t, ctrl, host)[0]

@@ -85,11 +85,16 @@ func (c Client) destination() (exchange exchangeDecl, key string) {
 
 func (c Client) send(ctx context.Context, inner []byte, expiration time.Duration) error {
 	ex, key := c.destination()
+	kind := PublishCast
+	if expiration > 0 {
+		kind = PublishCall
+	}
 	msg := publishing(encodeEnvelope(inner))
 	if expiration > 0 {
 		msg.Expiration = strconv.FormatInt(expiration.Milliseconds(), 10)
 	}
 	return c.t.pub.publish(ctx, outgoing{
+		kind:       kind,
 		exchange:   ex.Name,
 		routingKey: key,
 		msg:        msg,

@@ -90,6 +90,7 @@ func (n *Notifier) Notify(ctx context.Context, rc Context, priority, eventType s
 		key := topic + "." + strings.ToLower(priority)
 		q := o.topicQueue(key)
 		err := n.t.pub.publish(ctx, outgoing{
+			kind:       PublishNotification,
 			exchange:   ex.Name,
 			routingKey: key,
 			msg:        publishing(body),

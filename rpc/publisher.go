@@ -21,8 +21,9 @@ var ErrUnroutable = errors.New("message unroutable")
 // each caller waits only for its own confirm, so one slow confirm does not
 // hold up the others.
 type publisher struct {
-	link *link
-	log  zerolog.Logger
+	link    *link
+	log     zerolog.Logger
+	observe func(kind string, d time.Duration, err error)
 
 	mu       sync.Mutex
 	ch       *amqp.Channel
@@ -32,12 +33,13 @@ type publisher struct {
 	returned map[string]chan struct{} // mandatory messages in flight by _unique_id -> signal
 }
 
-func newPublisher(l *link, log zerolog.Logger) *publisher {
-	return &publisher{link: l, log: log, returned: map[string]chan struct{}{}}
+func newPublisher(l *link, log zerolog.Logger, observe func(kind string, d time.Duration, err error)) *publisher {
+	return &publisher{link: l, log: log, observe: observe, returned: map[string]chan struct{}{}}
 }
 
 // outgoing is one message to publish.
 type outgoing struct {
+	kind       string // PublishCall, PublishReply, … (for the observer)
 	exchange   string
 	routingKey string
 	mandatory  bool
@@ -138,6 +140,16 @@ func (p *publisher) ensureDeclared(ch *amqp.Channel, o *outgoing) error {
 // reconnects until ctx ends. A mandatory message the broker returns gives
 // ErrUnroutable.
 func (p *publisher) publish(ctx context.Context, o outgoing) error {
+	if p.observe == nil {
+		return p.publishConfirmed(ctx, o)
+	}
+	start := time.Now()
+	err := p.publishConfirmed(ctx, o)
+	p.observe(o.kind, time.Since(start), err)
+	return err
+}
+
+func (p *publisher) publishConfirmed(ctx context.Context, o outgoing) error {
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 && !sleepCtx(ctx, time.Duration(min(attempt, 10))*100*time.Millisecond) {
 			return ctx.Err()

@@ -53,6 +53,8 @@ type ServerConfig struct {
 	// OnConsuming, if set, is told when the server starts and stops
 	// consuming (after each (re)declaration), for readiness.
 	OnConsuming func(consuming bool)
+	// Observer, if set, is told about every request, for metrics.
+	Observer ServerObserver
 }
 
 // Server is an oslo RPC server: it consumes "topic", "topic.server" and its
@@ -298,6 +300,9 @@ func (s *Server) accept(batch []amqp.Delivery, queue string) []*Request {
 		if err != nil {
 			s.log.Error().Err(err).Str("queue", queue).Msg("failed to process message; skipping it")
 			_ = d.Reject(false)
+			if s.cfg.Observer != nil {
+				s.cfg.Observer.Rejected(s.cfg.Target.Topic)
+			}
 			continue
 		}
 		reqs[i] = parseRequest(fields, queue)
@@ -330,6 +335,10 @@ func (s *Server) serve(ctx context.Context, req *Request) {
 		log = log.With().Str("global_request_id", gid).Logger()
 	}
 	ctx = log.WithContext(ctx)
+	started := time.Now()
+	if obs := s.cfg.Observer; obs != nil {
+		obs.RequestStarted(s.cfg.Target.Topic, req.Method)
+	}
 
 	handler, derr := s.disp.lookup(req)
 	var result any
@@ -345,9 +354,20 @@ func (s *Server) serve(ctx context.Context, req *Request) {
 		result, err = callSafely(ctx, h, req)
 		stopHeartbeat()
 	}
+	outcome := "ok"
 	if err != nil {
 		re := asRemoteError(err)
+		outcome = re.Class
 		log.Error().Err(err).Str("exception", re.Module+"."+re.Class).Bool("call", req.IsCall()).Msg("exception during message handling")
+	}
+	if obs := s.cfg.Observer; obs != nil {
+		// A method name the dispatcher did not know is not a label value
+		// worth keeping: it would let any sender grow the metric.
+		method := req.Method
+		if derr != nil {
+			method = "unknown"
+		}
+		obs.RequestDone(s.cfg.Target.Topic, method, outcome, time.Since(started))
 	}
 	if !req.IsCall() {
 		return
@@ -472,6 +492,7 @@ func (s *Server) reply(ctx context.Context, req *Request, result any, herr error
 func (s *Server) publishReply(ctx context.Context, req *Request, body replyBody) error {
 	body.UniqueID = uuidHex()
 	return s.t.pub.publish(ctx, outgoing{
+		kind:       PublishReply,
 		exchange:   "",
 		routingKey: req.ReplyQueue,
 		mandatory:  true,

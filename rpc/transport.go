@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
@@ -21,6 +22,10 @@ type Config struct {
 	// OnLinkEvent, if set, is called from the connection goroutines on every
 	// connect and disconnect (for readiness and metrics). It must not block.
 	OnLinkEvent func(LinkEvent)
+	// OnPublish, if set, is told about every publish once the broker
+	// confirmed it (or it failed): its kind (PublishCall, …), how long it
+	// took including the confirm, and the error. It must not block.
+	OnPublish func(kind string, d time.Duration, err error)
 }
 
 // Transport is one process's presence on an oslo.messaging bus: a connection
@@ -67,7 +72,7 @@ func NewTransport(cfg Config) (*Transport, error) {
 		send:   newLink("send", cfg.URL, cfg.Options, tlsConf, cfg.Log, cfg.OnLinkEvent),
 		done:   make(chan struct{}),
 	}
-	t.pub = newPublisher(t.send, cfg.Log)
+	t.pub = newPublisher(t.send, cfg.Log, cfg.OnPublish)
 	t.replies = newReplyRouter(t)
 	t.goOwned(t.listen.run)
 	t.goOwned(t.send.run)

@@ -38,6 +38,8 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Resources holds the allocation ratios and reserved amounts.
 	Resources cloud.ResourceConfig
+	// RPCObserver, if set, is told about every compute RPC request.
+	RPCObserver rpc.ServerObserver
 }
 
 func (c *Config) defaults() {
@@ -121,6 +123,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		Endpoints:    Endpoints(),
 		DrainTimeout: m.cfg.DrainTimeout,
 		OnConsuming:  m.onConsuming,
+		Observer:     m.cfg.RPCObserver,
 	})
 	if err != nil {
 		return err

@@ -49,6 +49,10 @@ type Config struct {
 	// re-logged in if vCenter dropped it). Zero means DefaultKeepAlive. It
 	// must be well below vCenter's session timeout.
 	KeepAlive time.Duration
+	// OnCall, if set, is told about every SOAP call: its method, how long
+	// it took and its error (a fault included), for metrics. It must not
+	// block.
+	OnCall func(method string, d time.Duration, err error)
 }
 
 // String returns a description of c with the password redacted.

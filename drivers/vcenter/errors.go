@@ -54,3 +54,12 @@ func wrapErr(op string, err error) error {
 func isNotAuthenticated(err error) bool {
 	return err != nil && fault.Is(err, &types.NotAuthenticated{})
 }
+
+// IsFault reports whether err is an answer from vCenter (a vSphere fault),
+// as opposed to vCenter not answering at all (a network or TLS error). A
+// fault says vCenter is reachable.
+func IsFault(err error) bool {
+	var f types.BaseMethodFault
+	_, ok := fault.As(err, &f)
+	return ok
+}

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
@@ -15,14 +16,15 @@ import (
 // callCounter is a soap.RoundTripper that counts calls by SOAP method name
 // before passing them on. It is safe for concurrent use.
 type callCounter struct {
-	next soap.RoundTripper
+	next    soap.RoundTripper
+	observe func(method string, d time.Duration, err error) // Config.OnCall
 
 	mu    sync.Mutex
 	calls map[string]int64
 }
 
-func newCallCounter(next soap.RoundTripper) *callCounter {
-	return &callCounter{next: next, calls: make(map[string]int64)}
+func newCallCounter(next soap.RoundTripper, observe func(string, time.Duration, error)) *callCounter {
+	return &callCounter{next: next, observe: observe, calls: make(map[string]int64)}
 }
 
 // RoundTrip implements soap.RoundTripper.
@@ -31,7 +33,13 @@ func (c *callCounter) RoundTrip(ctx context.Context, req, res soap.HasFault) err
 	c.mu.Lock()
 	c.calls[name]++
 	c.mu.Unlock()
-	return c.next.RoundTrip(ctx, req, res)
+	if c.observe == nil {
+		return c.next.RoundTrip(ctx, req, res)
+	}
+	start := time.Now()
+	err := c.next.RoundTrip(ctx, req, res) // a SOAP fault comes back as an error
+	c.observe(name, time.Since(start), err)
+	return err
 }
 
 // snapshot returns a copy of the counts.

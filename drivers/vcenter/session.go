@@ -92,7 +92,7 @@ func New(cfg Config, log zerolog.Logger) (*Session, error) {
 		log:  log.With().Str("component", "vcenter").Str("vcenter", u.Host).Logger(),
 		soap: sc,
 	}
-	s.counter = newCallCounter(sc)
+	s.counter = newCallCounter(sc, cfg.OnCall)
 	s.relogRT = &reloginRoundTripper{s: s, next: s.counter}
 	return s, nil
 }
