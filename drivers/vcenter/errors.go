@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -59,7 +60,21 @@ func isNotAuthenticated(err error) bool {
 // as opposed to vCenter not answering at all (a network or TLS error). A
 // fault says vCenter is reachable.
 func IsFault(err error) bool {
-	var f types.BaseMethodFault
-	_, ok := fault.As(err, &f)
-	return ok
+	if err == nil {
+		return false
+	}
+	if soap.IsSoapFault(err) || soap.IsVimFault(err) {
+		return true
+	}
+	switch e := err.(type) { //nolint:errorlint // walking the tree by hand: soap's checks look at one error only
+	case interface{ Unwrap() error }:
+		return IsFault(e.Unwrap())
+	case interface{ Unwrap() []error }:
+		for _, inner := range e.Unwrap() {
+			if IsFault(inner) {
+				return true
+			}
+		}
+	}
+	return false
 }
