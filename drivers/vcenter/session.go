@@ -39,6 +39,10 @@ type Session struct {
 	log     zerolog.Logger
 	soap    *soap.Client
 	counter *callCounter         // counts every SOAP call
+	// dcRefs caches datacenter inventory path -> MoRef. Datacenter
+	// references do not change across re-logins; an entry is dropped when
+	// vCenter says the object no longer exists.
+	dcRefs sync.Map
 	relogRT *reloginRoundTripper // the client's RoundTripper
 	flights sync.WaitGroup       // running re-logins (for Logout)
 	life    sync.Mutex           // serialises Login and Logout
