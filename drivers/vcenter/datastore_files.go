@@ -355,4 +355,3 @@ func (s *Session) FileExists(ctx context.Context, dc string, p DatastorePath) (b
 	})
 	return exists, err
 }
-

@@ -38,11 +38,11 @@ type Session struct {
 	url     *url.URL // SDK URL without user information
 	log     zerolog.Logger
 	soap    *soap.Client
-	counter *callCounter         // counts every SOAP call
+	counter *callCounter // counts every SOAP call
 	// dcRefs caches datacenter inventory path -> MoRef. Datacenter
 	// references do not change across re-logins; an entry is dropped when
 	// vCenter says the object no longer exists.
-	dcRefs sync.Map
+	dcRefs  sync.Map
 	relogRT *reloginRoundTripper // the client's RoundTripper
 	flights sync.WaitGroup       // running re-logins (for Logout)
 	life    sync.Mutex           // serialises Login and Logout
