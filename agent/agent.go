@@ -95,11 +95,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer tr.Close()
 	a.log.Info().Str("transport_url", a.cfg.transport.Redacted()).Str("host", a.cfg.Host).Msg("joining the bus")
 
-	var pl compute.Placement
+	deps := compute.Deps{Hypervisor: vc}
 	if a.cfg.AuthToken == "" && a.cfg.AuthURL == "" {
-		a.log.Warn().Msg("neither VCAGENT_AUTH_URL nor VCAGENT_AUTH_TOKEN is set: compute nodes are not reported to placement, and the scheduler cannot place instances here")
-	} else if pl, err = a.placement(ctx); err != nil {
-		return err
+		a.log.Warn().Msg("neither VCAGENT_AUTH_URL nor VCAGENT_AUTH_TOKEN is set: compute nodes are not reported to placement, and no image can be read from glance")
+	} else {
+		sess, err := a.cloudSession(ctx)
+		if err != nil {
+			return err
+		}
+		pl := cloud.NewPlacement(sess, cloud.PlacementOptions{})
+		deps.Placement = pl
+		if glance, err := cloud.NewGlance(sess); err != nil {
+			a.log.Warn().Err(err).Msg("glance is not configured: builds will fail")
+		} else {
+			deps.Images = glance
+		}
+	}
+	prefix := a.cfg.CachePrefix
+	if prefix == "" {
+		prefix = a.cfg.MyIP
+	}
+	if prefix == "" {
+		prefix = a.cfg.Host
+	}
+	if cache, err := vcenter.NewImageCache(vc, prefix+"_base"); err != nil {
+		return fmt.Errorf("image cache: %w", err)
+	} else if deps.Images != nil {
+		deps.Cache = cache
 	}
 	o.SetReady("compute_rpc", false, "waiting for nova-conductor")
 	mgr, err := compute.NewManager(compute.Config{
@@ -125,7 +147,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			ReservedHostCPUs:           a.cfg.ReservedHostCPUs,
 		},
 		RPCObserver: o.ServerObserver(),
-	}, tr, vc, pl, func(on bool) { o.SetReady("compute_rpc", on, "compute RPC server not consuming") }, a.log)
+	}, tr, deps, func(on bool) { o.SetReady("compute_rpc", on, "compute RPC server not consuming") }, a.log)
 	if err != nil {
 		return err
 	}
@@ -137,8 +159,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// placement connects to placement with the configured credentials.
-func (a *Agent) placement(ctx context.Context) (*cloud.Placement, error) {
+// cloudSession authenticates to the control plane with the configured
+// credentials.
+func (a *Agent) cloudSession(ctx context.Context) (*cloud.Session, error) {
 	sess, err := cloud.NewSession(ctx, cloud.AuthConfig{
 		AuthURL:           a.cfg.AuthURL,
 		Username:          a.cfg.AuthUsername,
@@ -154,7 +177,7 @@ func (a *Agent) placement(ctx context.Context) (*cloud.Placement, error) {
 	if err != nil {
 		return nil, fmt.Errorf("OpenStack authentication: %w", err)
 	}
-	return cloud.NewPlacement(sess, cloud.PlacementOptions{}), nil
+	return sess, nil
 }
 
 // logInventory logs the clusters and datastores the agent will serve.

@@ -46,6 +46,7 @@ type Config struct {
 	PlacementEndpoint     string `envconfig:"PLACEMENT_ENDPOINT" desc:"placement URL, instead of the catalog's ([placement] endpoint_override)"`
 	GlanceEndpoint        string `envconfig:"GLANCE_ENDPOINT" desc:"glance URL, instead of the catalog's ([glance] endpoint_override)"`
 
+	CachePrefix                string        `envconfig:"CACHE_PREFIX" desc:"image cache folder <prefix>_base on each datastore ([vmware] cache_prefix); default: my_ip, else the host name"`
 	MyIP                       string        `envconfig:"MY_IP" desc:"IP address reported as the compute nodes' host_ip ([DEFAULT] my_ip)"`
 	ReportInterval             time.Duration `envconfig:"REPORT_INTERVAL" default:"10s" desc:"service heartbeat interval ([DEFAULT] report_interval)"`
 	ResourceInterval           time.Duration `envconfig:"RESOURCE_INTERVAL" default:"60s" desc:"compute node refresh interval ([DEFAULT] update_resources_interval)"`

@@ -36,11 +36,13 @@ func BaseAPIEndpoint(serviceName string) rpc.Endpoint {
 // Endpoints are the endpoints of the compute RPC server, in nova's order:
 // the compute manager (6.x), then baseapi. Methods not listed get oslo's
 // NoSuchMethod, as from a nova-compute that lacks them.
-func Endpoints() []rpc.Endpoint {
+func Endpoints(methods map[string]rpc.Handler) []rpc.Endpoint {
+	all := map[string]rpc.Handler{"get_host_uptime": GetHostUptime}
+	for name, h := range methods {
+		all[name] = h
+	}
 	return []rpc.Endpoint{
-		{Version: RPCAPIVersion, Methods: map[string]rpc.Handler{
-			"get_host_uptime": GetHostUptime,
-		}},
+		{Version: RPCAPIVersion, Methods: all},
 		BaseAPIEndpoint(Topic),
 	}
 }

@@ -71,14 +71,25 @@ type Manager struct {
 	tr        *rpc.Transport
 	cond      *Conductor
 	rt        *resourceTracker
+	life      *lifecycle
 	scheduler rpc.Client
 	log       zerolog.Logger
 	// OnConsuming reports whether the compute RPC server consumes.
 	onConsuming func(bool)
 }
 
+// Deps are the compute role's collaborators. Images and Cache may be nil:
+// then builds fail with a clear error.
+type Deps struct {
+	Hypervisor Hypervisor
+	Placement  Placement
+	Images     Images
+	Cache      ImageCache
+}
+
 // NewManager builds the compute role.
-func NewManager(cfg Config, tr *rpc.Transport, vc VCenter, placement Placement, onConsuming func(bool), log zerolog.Logger) (*Manager, error) {
+func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool), log zerolog.Logger) (*Manager, error) {
+	vc, placement := deps.Hypervisor, deps.Placement
 	cfg.defaults()
 	if cfg.Host == "" {
 		return nil, fmt.Errorf("compute: host name is empty")
@@ -95,6 +106,8 @@ func NewManager(cfg Config, tr *rpc.Transport, vc VCenter, placement Placement, 
 			clusters: cfg.Clusters, dsRegex: cfg.DatastoreRegex, res: cfg.Resources, log: log,
 			nodes: map[string]*ovo.Object{},
 		},
+		life: &lifecycle{cond: cond, hv: deps.Hypervisor, images: deps.Images, cache: deps.Cache, pl: placement,
+			host: cfg.Host, ds: cfg.DatastoreRegex, log: log},
 		scheduler:   sched,
 		log:         log,
 		onConsuming: onConsuming,
@@ -119,8 +132,14 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.log.Error().Err(err).Msg("initial resource update failed")
 	}
 	srv, err := m.tr.NewServer(rpc.ServerConfig{
-		Target:       rpc.Target{Exchange: m.cfg.Exchange, Topic: Topic, Server: m.cfg.Host},
-		Endpoints:    Endpoints(),
+		Target: rpc.Target{Exchange: m.cfg.Exchange, Topic: Topic, Server: m.cfg.Host},
+		Endpoints: Endpoints(map[string]rpc.Handler{
+			"build_and_run_instance": m.life.BuildAndRunInstance,
+			"stop_instance":          m.life.StopInstance,
+			"start_instance":         m.life.StartInstance,
+			"reboot_instance":        m.life.RebootInstance,
+			"terminate_instance":     m.life.TerminateInstance,
+		}),
 		DrainTimeout: m.cfg.DrainTimeout,
 		OnConsuming:  m.onConsuming,
 		Observer:     m.cfg.RPCObserver,

@@ -65,6 +65,7 @@ type Placement interface {
 	Inventories(ctx context.Context, uuid string) (map[string]cloud.Inventory, error)
 	Traits(ctx context.Context, uuid string) ([]string, error)
 	SetTraits(ctx context.Context, uuid string, traits []string) error
+	DeleteAllocations(ctx context.Context, consumerUUID string) (bool, error)
 }
 
 // resourceTracker keeps one ComputeNode per vCenter cluster, and its

@@ -349,6 +349,21 @@ func (s *Session) ShutdownGuest(ctx context.Context, vm Ref) error {
 	return wrapVMErr(op, err)
 }
 
+// RebootGuest asks VMware Tools in the guest to restart it (nova's soft
+// reboot). Without running Tools the error wraps ErrToolsNotRunning, so
+// that the caller can fall back to Reset as nova's VMware driver does.
+//
+// Cost: 1 SOAP round trip. Safe for concurrent use.
+func (s *Session) RebootGuest(ctx context.Context, vm Ref) error {
+	op := "reboot guest of vm " + vm.Value
+	c := s.activeClient()
+	if c == nil {
+		return wrapErr(op, ErrNotLoggedIn)
+	}
+	_, err := methods.RebootGuest(ctx, c, &types.RebootGuest{This: vm.Reference()})
+	return wrapVMErr(op, err)
+}
+
 // Rename renames the VM; renaming to its current name succeeds.
 //
 // Cost: 2 SOAP round trips (Rename_Task, usually 1 task poll); 1 more

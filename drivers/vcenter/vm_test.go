@@ -365,3 +365,17 @@ func TestEnsureExtension(t *testing.T) {
 		}
 	}
 }
+
+// TestRebootGuestWithoutToolsIsTyped: the simulator's guests run no VMware
+// Tools, so a guest reboot must say so in a way the caller can branch on.
+func TestRebootGuestWithoutToolsIsTyped(t *testing.T) {
+	t.Parallel()
+	e := newVMEnv(t)
+	vm := e.create(t, "7a3f5f0e-0d3c-4a4e-9d43-3f1c8d7f0a99")
+	if err := e.s.PowerOn(t.Context(), vm.Ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.s.RebootGuest(t.Context(), vm.Ref); !errors.Is(err, ErrToolsNotRunning) {
+		t.Fatalf("RebootGuest without tools: %v", err)
+	}
+}

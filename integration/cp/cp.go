@@ -250,13 +250,14 @@ func (c *ControlPlane) Do(ctx context.Context, method, url string, body any, h h
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range h {
-		req.Header[k] = v
-	}
 	req.Header.Set(c.AuthHeader, c.Token)
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	// The caller's headers win (e.g. a binary upload's content type).
+	for k, v := range h {
+		req.Header[k] = v
 	}
 	resp, err := c.client.Do(req)
 	if err != nil {

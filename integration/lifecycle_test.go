@@ -1,0 +1,220 @@
+//go:build integration
+
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/vcagent/vcagent/drivers/vcenter"
+	"github.com/vcagent/vcagent/integration/cp"
+)
+
+// testVCenter starts a vCenter simulator owned by the test, so the test
+// can look at the VMs the agent makes, and returns the agent's settings for
+// it and a session of the test's own.
+func testVCenter(t *testing.T) ([]string, *vcenter.Session) {
+	t.Helper()
+	ctx := context.Background()
+	sim, err := vcenter.StartSimulator(ctx, vcenter.SimulatorConfig{Clusters: 2, HostsPerCluster: 3, Datastores: 2, ListenAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	u := sim.URL()
+	pass, _ := u.User.Password()
+	user := u.User.Username()
+	bare := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}
+	s, err := vcenter.New(vcenter.Config{URL: bare.String(), User: user, Password: pass, Insecure: true}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Login(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Logout(context.Background()) })
+	return []string{"VCAGENT_VCENTER_URL=" + bare.String(), "VCAGENT_VCENTER_USER=" + user, "VCAGENT_VCENTER_PASSWORD=" + pass, "VCAGENT_VCENTER_INSECURE=true"}, s
+}
+
+// uploadFlatImage puts a small preallocated VMDK image (its flat extent)
+// into the real glance.
+func uploadFlatImage(t *testing.T, ctrl *cp.ControlPlane) string {
+	t.Helper()
+	ctx := context.Background()
+	h := http.Header{ctrl.AuthHeader: {ctrl.Token}}
+	img, err := ctrl.Do(ctx, "POST", ctrl.GlanceURL+"/v2/images", map[string]any{
+		"name": "vcagent-flat", "disk_format": "vmdk", "container_format": "bare",
+		"vmware_disktype": "preallocated", "vmware_adaptertype": "lsiLogic",
+	}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := img["id"].(string)
+	hb := http.Header{ctrl.AuthHeader: {ctrl.Token}, "Content-Type": {"application/octet-stream"}}
+	if _, err := ctrl.Do(ctx, "PUT", ctrl.GlanceURL+"/v2/images/"+id+"/file", bytes.Repeat([]byte{0}, 1<<20), hb); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// waitServer polls the server until pred holds; an ERROR fails the test
+// with nova's fault.
+func waitServer(t *testing.T, ctrl *cp.ControlPlane, id string, within time.Duration, pred func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		v, err := ctrl.NovaGET(context.Background(), "/servers/"+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := v["server"].(map[string]any)
+		if pred(s) {
+			return s
+		}
+		if s["status"] == "ERROR" {
+			t.Fatalf("server %s in ERROR: %v", id, s["fault"])
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server %s: status %v task %v after %s", id, s["status"], s["OS-EXT-STS:task_state"], within)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func settled(status string) func(map[string]any) bool {
+	return func(s map[string]any) bool { return s["status"] == status && s["OS-EXT-STS:task_state"] == nil }
+}
+
+// TestServerLifecycleThroughNovaAPI boots a server through the real nova
+// API onto the agent and drives it through stop, start, soft and hard
+// reboot and delete, checking the server and its VM in vCenter each time.
+func TestServerLifecycleThroughNovaAPI(t *testing.T) {
+	ctrl := controlPlane(t)
+	vcEnv, vc := testVCenter(t)
+	host := "vcagent-life-" + fmt.Sprint(time.Now().Unix()%100000)
+	startAgent(t, append(computeAgentEnv(ctrl, host), vcEnv...)...)
+	waitServiceState(t, ctrl, host, "up", 90*time.Second)
+	ctx := context.Background()
+	if out, err := ctrl.NovaManage(ctx, "cell_v2", "discover_hosts"); err != nil {
+		t.Fatalf("discover_hosts: %v\n%s", err, out)
+	}
+	image := uploadFlatImage(t, ctrl)
+
+	start := time.Now()
+	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
+		"name": "vm1", "imageRef": image, "flavorRef": "42", "networks": "none", "host": host,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created["server"].(map[string]any)["id"].(string)
+	waitServer(t, ctrl, id, 120*time.Second, settled("ACTIVE"))
+	t.Logf("boot: ACTIVE after %s", time.Since(start).Round(time.Millisecond))
+
+	vm, err := vc.FindVMByInstanceUUID(ctx, id)
+	if err != nil {
+		t.Fatalf("no VM for server %s: %v", id, err)
+	}
+	if vm.Name != "vm1 ("+id+")" || vm.PowerState != vcenter.PowerStateOn || vm.NumCPUs != 1 || vm.MemoryMB != 64 || len(vm.Disks) != 1 ||
+		vm.ExtraConfig["nvp.vm-uuid"] != id || vm.ManagedByKey != "org.openstack.compute" {
+		t.Errorf("VM %+v", vm)
+	}
+	if len(vm.Disks) == 1 {
+		// The disk file holds the size (the simulator does not read it into
+		// the device): the image was copied and extended to the flavor's 1 GB.
+		p, err := vcenter.ParseDatastorePath(vm.Disks[0].FileName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clusters, err := vc.Clusters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kb, err := vc.VirtualDiskCapacityKB(ctx, clusters[0].Datacenter, p)
+		if err != nil || kb != 1<<20 {
+			t.Errorf("root disk %s: %d KB (%v), want the flavor's 1 GB", p, kb, err)
+		}
+	}
+
+	power := func(want string) {
+		t.Helper()
+		vm, err := vc.FindVMByInstanceUUID(ctx, id)
+		if err != nil || vm.PowerState != want {
+			t.Errorf("VM power %v (%v), want %s", vm.PowerState, err, want)
+		}
+	}
+	action := func(body map[string]any, status string) {
+		t.Helper()
+		t0 := time.Now()
+		if _, err := ctrl.NovaPOST(ctx, "/servers/"+id+"/action", body); err != nil {
+			t.Fatal(err)
+		}
+		// Wait for the task to start, then to settle.
+		time.Sleep(100 * time.Millisecond)
+		waitServer(t, ctrl, id, 60*time.Second, settled(status))
+		t.Logf("%v: %s after %s", keys(body), status, time.Since(t0).Round(time.Millisecond))
+	}
+	action(map[string]any{"os-stop": nil}, "SHUTOFF")
+	power(vcenter.PowerStateOff)
+	action(map[string]any{"os-start": nil}, "ACTIVE")
+	power(vcenter.PowerStateOn)
+	action(map[string]any{"reboot": map[string]any{"type": "SOFT"}}, "ACTIVE")
+	power(vcenter.PowerStateOn)
+	action(map[string]any{"reboot": map[string]any{"type": "HARD"}}, "ACTIVE")
+	power(vcenter.PowerStateOn)
+
+	// The actions nova recorded, each with the compute's event finished.
+	acts, err := ctrl.NovaGET(ctx, "/servers/"+id+"/os-instance-actions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, a := range asList(acts, "instanceActions") {
+		names = append(names, fmt.Sprint(a["action"]))
+		detail, err := ctrl.NovaGET(ctx, fmt.Sprintf("/servers/%s/os-instance-actions/%s", id, a["request_id"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev := asList(detail["instanceAction"].(map[string]any), "events")
+		if len(ev) != 1 || ev[0]["result"] != "Success" {
+			t.Errorf("action %v events %v", a["action"], ev)
+		}
+	}
+	if fmt.Sprint(names) != "[reboot reboot start stop create]" {
+		t.Errorf("instance actions %v", names)
+	}
+
+	t0 := time.Now()
+	if _, err := ctrl.NovaDELETE(ctx, "/servers/"+id); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err := ctrl.NovaGET(ctx, "/servers/"+id)
+		if cp.StatusCode(err) == http.StatusNotFound {
+			break
+		}
+		if time.Since(t0) > 60*time.Second {
+			t.Fatalf("server not deleted: %v", err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("delete: gone after %s", time.Since(t0).Round(time.Millisecond))
+	if _, err := vc.FindVMByInstanceUUID(ctx, id); !errors.Is(err, vcenter.ErrNotFound) {
+		t.Errorf("VM still in vCenter after delete: %v", err)
+	}
+	allocs, err := ctrl.PlacementGET(ctx, "/allocations/"+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := allocs["allocations"].(map[string]any); len(a) != 0 {
+		t.Errorf("placement allocations left: %v", a)
+	}
+}
