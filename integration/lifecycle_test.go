@@ -192,7 +192,16 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 		t.Errorf("instance actions %v", names)
 	}
 
+	// A VM powered off behind nova's back: the server shows SHUTOFF within
+	// seconds, through a "stop" action as nova's power-state sync does.
 	t0 := time.Now()
+	if err := vc.PowerOff(ctx, vm.Ref); err != nil {
+		t.Fatal(err)
+	}
+	waitServer(t, ctrl, id, 20*time.Second, settled("SHUTOFF"))
+	t.Logf("VM powered off in vCenter: server SHUTOFF after %s", time.Since(t0).Round(time.Millisecond))
+
+	t0 = time.Now()
 	if _, err := ctrl.NovaDELETE(ctx, "/servers/"+id); err != nil {
 		t.Fatal(err)
 	}
@@ -217,4 +226,76 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	if a, _ := allocs["allocations"].(map[string]any); len(a) != 0 {
 		t.Errorf("placement allocations left: %v", a)
 	}
+}
+
+// TestTenServersInOneRequest boots ten servers with one request and deletes
+// them: all ACTIVE, ten VMs, then nothing left in vCenter or placement.
+func TestTenServersInOneRequest(t *testing.T) {
+	ctrl := controlPlane(t)
+	vcEnv, vc := testVCenter(t)
+	host := "vcagent-ten-" + fmt.Sprint(time.Now().Unix()%100000)
+	startAgent(t, append(computeAgentEnv(ctrl, host), vcEnv...)...)
+	waitServiceState(t, ctrl, host, "up", 90*time.Second)
+	ctx := context.Background()
+	if out, err := ctrl.NovaManage(ctx, "cell_v2", "discover_hosts"); err != nil {
+		t.Fatalf("discover_hosts: %v\n%s", err, out)
+	}
+	image := uploadFlatImage(t, ctrl)
+	t0 := time.Now()
+	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
+		"name": "many", "imageRef": image, "flavorRef": "42", "networks": "none", "host": host,
+		"min_count": 10, "max_count": 10, "return_reservation_id": true,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rid, _ := created["reservation_id"].(string)
+	var ids []string
+	for len(ids) < 10 {
+		list, err := ctrl.NovaGET(ctx, "/servers?reservation_id="+rid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = ids[:0]
+		for _, s := range asList(list, "servers") {
+			ids = append(ids, s["id"].(string))
+		}
+		if time.Since(t0) > 60*time.Second {
+			t.Fatalf("%d servers in reservation %s", len(ids), rid)
+		}
+	}
+	for _, id := range ids {
+		waitServer(t, ctrl, id, 180*time.Second, settled("ACTIVE"))
+	}
+	t.Logf("10 in one request: all ACTIVE after %s", time.Since(t0).Round(time.Millisecond))
+	for _, id := range ids {
+		if vm, err := vc.FindVMByInstanceUUID(ctx, id); err != nil || vm.PowerState != vcenter.PowerStateOn {
+			t.Errorf("server %s: VM %+v %v", id, vm, err)
+		}
+	}
+	t0 = time.Now()
+	for _, id := range ids {
+		if _, err := ctrl.NovaDELETE(ctx, "/servers/"+id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range ids {
+		for {
+			_, err := ctrl.NovaGET(ctx, "/servers/"+id)
+			if cp.StatusCode(err) == http.StatusNotFound {
+				break
+			}
+			if time.Since(t0) > 120*time.Second {
+				t.Fatalf("server %s not deleted", id)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if _, err := vc.FindVMByInstanceUUID(ctx, id); !errors.Is(err, vcenter.ErrNotFound) {
+			t.Errorf("VM of %s left in vCenter: %v", id, err)
+		}
+		if allocs, err := ctrl.PlacementGET(ctx, "/allocations/"+id); err != nil || len(allocs["allocations"].(map[string]any)) != 0 {
+			t.Errorf("allocations of %s left: %v %v", id, allocs, err)
+		}
+	}
+	t.Logf("10 deleted after %s", time.Since(t0).Round(time.Millisecond))
 }

@@ -38,6 +38,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Resources holds the allocation ratios and reserved amounts.
 	Resources cloud.ResourceConfig
+	// PowerSyncReconcile is how often the VM watcher re-reads every VM
+	// (vCenter's change stream can miss events).
+	PowerSyncReconcile time.Duration
 	// RPCObserver, if set, is told about every compute RPC request.
 	RPCObserver rpc.ServerObserver
 }
@@ -60,6 +63,9 @@ func (c *Config) defaults() {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 60 * time.Second
+	}
+	if c.PowerSyncReconcile <= 0 {
+		c.PowerSyncReconcile = 60 * time.Second
 	}
 }
 
@@ -162,6 +168,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		})
 	})
 	goLoop(func() { every(ctx, m.cfg.SchedulerSyncInterval, true, func() { m.syncSchedulerInstanceInfo(ctx) }) })
+	if w, ok := m.life.hv.(VMWatcher); ok {
+		goLoop(func() { m.life.syncPowerStates(ctx, w, m.cfg.PowerSyncReconcile) })
+	}
 	return srv.Run(ctx)
 }
 
