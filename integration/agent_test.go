@@ -31,6 +31,10 @@ func TestMain(m *testing.M) {
 		serveForBench()
 		return
 	}
+	if os.Getenv(simulatorEnv) != "" {
+		serveSimulator()
+		return
+	}
 	dir, err := os.MkdirTemp("", "vcagent-it-")
 	if err != nil {
 		panic(err)
