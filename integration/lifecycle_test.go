@@ -180,6 +180,7 @@ func settled(status string) func(map[string]any) bool {
 func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	ctrl, vc, host, image := computeHostWithImage(t, "vcagent-life-")
 	ctx := context.Background()
+	schedulerFanout := listenFanout(t, ctrl.TransportURL, "scheduler")
 
 	start := time.Now()
 	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
@@ -289,6 +290,31 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Logf("delete: gone after %s", time.Since(t0).Round(time.Millisecond))
+
+	// The schedulers heard of the new instance and of its deletion.
+	heard := map[string]bool{}
+	for !heard["update_instance_info"] || !heard["delete_instance_info"] {
+		m := schedulerFanout.next(t)
+		args, _ := m["args"].(map[string]any)
+		if args["host_name"] != host {
+			continue
+		}
+		switch m["method"] {
+		case "update_instance_info":
+			info, _ := args["instance_info"].(map[string]any)
+			data, _ := info["nova_object.data"].(map[string]any)
+			objs, _ := data["objects"].([]any)
+			if info["nova_object.name"] != "InstanceList" || len(objs) != 1 {
+				t.Errorf("update_instance_info %v", info)
+			}
+			heard["update_instance_info"] = true
+		case "delete_instance_info":
+			if args["instance_uuid"] != id {
+				t.Errorf("delete_instance_info %v", args)
+			}
+			heard["delete_instance_info"] = true
+		}
+	}
 	if _, err := vc.FindVMByInstanceUUID(ctx, id); !errors.Is(err, vcenter.ErrNotFound) {
 		t.Errorf("VM still in vCenter after delete: %v", err)
 	}

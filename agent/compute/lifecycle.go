@@ -65,6 +65,7 @@ type lifecycle struct {
 	images Images
 	cache  ImageCache
 	pl     Placement
+	sched  rpc.Client // scheduler fanout (instance info updates)
 	host   string
 	ds     *regexp.Regexp
 	log    zerolog.Logger
@@ -266,7 +267,23 @@ func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	}
 	setStates(inst, "active", nil, powerRunning)
 	inst.SetDateTime("launched_at", time.Now().UTC())
-	return l.save(ctx, rc, inst, "spawning")
+	if err := l.save(ctx, rc, inst, "spawning"); err != nil {
+		return err
+	}
+	l.updateSchedulerInstanceInfo(ctx, rc, inst)
+	return nil
+}
+
+// updateSchedulerInstanceInfo tells the schedulers about a new or changed
+// instance (nova's _update_scheduler_instance_info): an InstanceList with it.
+func (l *lifecycle) updateSchedulerInstanceInfo(ctx context.Context, rc rpc.Context, inst *ovo.Object) {
+	list, err := ovo.NovaCodec().EncodeEntity(ovo.NewList("InstanceList", l.cond.version("InstanceList"), inst))
+	if err == nil {
+		err = l.sched.Cast(ctx, rc, "update_instance_info", map[string]any{"host_name": l.host, "instance_info": list})
+	}
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("update_instance_info to the scheduler failed")
+	}
 }
 
 // spawn creates the VM as nova's vmops.spawn does.
@@ -454,6 +471,9 @@ func (l *lifecycle) TerminateInstance(ctx context.Context, req *rpc.Request) (an
 			if _, err := l.pl.DeleteAllocations(ctx, uuid); err != nil {
 				zerolog.Ctx(ctx).Warn().Err(err).Msg("deleting the placement allocations failed")
 			}
+		}
+		if err := l.sched.Cast(ctx, rc, "delete_instance_info", map[string]any{"host_name": l.host, "instance_uuid": uuid}); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("delete_instance_info to the scheduler failed")
 		}
 		return nil
 	})

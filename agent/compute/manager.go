@@ -113,7 +113,7 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 			nodes: map[string]*ovo.Object{},
 		},
 		life: &lifecycle{cond: cond, hv: deps.Hypervisor, images: deps.Images, cache: deps.Cache, pl: placement,
-			host: cfg.Host, ds: cfg.DatastoreRegex, log: log},
+			sched: sched, host: cfg.Host, ds: cfg.DatastoreRegex, log: log},
 		scheduler:   sched,
 		log:         log,
 		onConsuming: onConsuming,
