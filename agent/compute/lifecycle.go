@@ -138,23 +138,39 @@ func (l *lifecycle) operation(ctx context.Context, req *rpc.Request, event strin
 	log := zerolog.Ctx(ctx).With().Str("instance_uuid", uuid).Logger()
 	ctx = log.WithContext(ctx)
 	rc := req.Context
-	if _, err := l.cond.ClassAction(ctx, rc, "InstanceActionEvent", "event_start", []any{uuid, event},
-		map[string]any{"want_result": false, "host": l.host}); err != nil {
-		return nil, fmt.Errorf("event_start %s: %w", event, err)
+	if err := l.eventStart(ctx, rc, uuid, event); err != nil {
+		return nil, err
 	}
 	berr := body(ctx, inst)
-	var excVal, excTB any
 	if berr != nil {
 		log.Error().Err(berr).Str("event", event).Msg("instance operation failed")
-		excVal = berr.Error()
-		excTB = "Traceback (most recent call last):\n  (raised by vcagent)\n" + berr.Error() + "\n"
 		l.recordFault(ctx, rc, inst, berr)
+	}
+	l.eventFinish(ctx, rc, uuid, event, berr)
+	return nil, berr
+}
+
+// eventStart records the start of the compute's part of an instance action
+// (InstanceActionEvent.event_start); nova aborts the operation when it fails.
+func (l *lifecycle) eventStart(ctx context.Context, rc rpc.Context, uuid, event string) error {
+	if _, err := l.cond.ClassAction(ctx, rc, "InstanceActionEvent", "event_start", []any{uuid, event},
+		map[string]any{"want_result": false, "host": l.host}); err != nil {
+		return fmt.Errorf("event_start %s: %w", event, err)
+	}
+	return nil
+}
+
+// eventFinish records its end, with the failure if there was one.
+func (l *lifecycle) eventFinish(ctx context.Context, rc rpc.Context, uuid, event string, cause error) {
+	var excVal, excTB any
+	if cause != nil {
+		excVal = cause.Error()
+		excTB = "Traceback (most recent call last):\n  (raised by vcagent)\n" + cause.Error() + "\n"
 	}
 	if _, err := l.cond.ClassAction(ctx, rc, "InstanceActionEvent", "event_finish_with_failure", []any{uuid, event},
 		map[string]any{"exc_val": excVal, "exc_tb": excTB, "want_result": false}); err != nil {
-		log.Warn().Err(err).Str("event", event).Msg("event_finish failed")
+		zerolog.Ctx(ctx).Warn().Err(err).Str("event", event).Msg("event_finish failed")
 	}
-	return nil, berr
 }
 
 // recordFault is wrap_instance_fault: InstanceFault.create.

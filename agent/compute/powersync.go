@@ -69,21 +69,15 @@ func (l *lifecycle) stopIfShutOffBehindNovasBack(ctx context.Context, uuid strin
 	if _, err := l.cond.ClassAction(ctx, rc, "InstanceAction", "action_start", []any{uuid, "stop"}, map[string]any{"want_result": false}); err != nil {
 		log.Warn().Err(err).Str("instance_uuid", uuid).Msg("recording the stop action failed")
 	}
-	if _, err := l.cond.ClassAction(ctx, rc, "InstanceActionEvent", "event_start", []any{uuid, "compute_stop_instance"},
-		map[string]any{"want_result": false, "host": l.host}); err != nil {
+	if err := l.eventStart(ctx, rc, uuid, "compute_stop_instance"); err != nil {
 		log.Warn().Err(err).Msg("event_start failed")
 	}
 	setStates(inst, "stopped", nil, powerShutdown)
 	err = l.save(ctx, rc, inst, "powering-off")
-	var excVal any
 	if err != nil {
-		excVal = err.Error()
 		log.Error().Err(err).Str("instance_uuid", uuid).Msg("stopping the instance failed")
 	}
-	if _, err := l.cond.ClassAction(ctx, rc, "InstanceActionEvent", "event_finish_with_failure", []any{uuid, "compute_stop_instance"},
-		map[string]any{"exc_val": excVal, "exc_tb": nil, "want_result": false}); err != nil {
-		log.Warn().Err(err).Msg("event_finish failed")
-	}
+	l.eventFinish(ctx, rc, uuid, "compute_stop_instance", err)
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -47,7 +47,6 @@ type Ops struct {
 func New(log zerolog.Logger) *Ops {
 	o := &Ops{reg: prometheus.NewRegistry(), log: log, ready: map[string]string{}, everUp: map[string]bool{}}
 	o.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	f := func(c prometheus.Collector) { o.reg.MustRegister(c) }
 	o.rpcRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "vcagent_rpc_requests_total",
 		Help: "RPC requests handled, by topic, method and outcome (ok or the exception class returned)."}, []string{"topic", "method", "outcome"})
 	o.rpcDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "vcagent_rpc_request_duration_seconds",
@@ -68,10 +67,8 @@ func New(log zerolog.Logger) *Ops {
 		Help: "vCenter SOAP calls, by method and result (ok, fault or error)."}, []string{"method", "result"})
 	o.vcenterTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "vcagent_vcenter_call_duration_seconds",
 		Help: "vCenter SOAP call latency.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 9)}, []string{"method"})
-	for _, c := range []prometheus.Collector{o.rpcRequests, o.rpcDuration, o.rpcInFlight, o.rpcRejected, o.publishes,
-		o.publishTime, o.amqpUp, o.reconnects, o.vcenterCalls, o.vcenterTime} {
-		f(c)
-	}
+	o.reg.MustRegister(o.rpcRequests, o.rpcDuration, o.rpcInFlight, o.rpcRejected, o.publishes,
+		o.publishTime, o.amqpUp, o.reconnects, o.vcenterCalls, o.vcenterTime)
 	return o
 }
 
