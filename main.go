@@ -1,6 +1,8 @@
 // Command vcagent joins an OpenStack cloud's RabbitMQ bus as nova-compute
-// (VMware vCenter driver) for the clusters of one vCenter. It is configured
-// by VCAGENT_* environment variables only; run `vcagent --help` for the list.
+// (VMware vCenter driver) for the clusters of one vCenter. It reads the
+// services' own oslo.config files (VCAGENT_CONFIG_FILE, --config-file) and
+// VCAGENT_* environment variables, which win; `vcagent --help` lists them
+// and `vcagent config` prints the effective configuration.
 package main
 
 import (
@@ -19,26 +21,44 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stderr io.Writer) int {
-	for _, a := range args {
-		switch a {
-		case "-h", "--help", "help":
-			fmt.Fprint(os.Stdout, agent.Usage())
-			return 0
-		default:
-			fmt.Fprintf(stderr, "vcagent: unknown argument %q (configuration comes from VCAGENT_* variables; see --help)\n", a)
-			return 2
-		}
-	}
-	cfg, err := agent.LoadConfig()
+func run(args []string, stdout, stderr io.Writer) int {
+	files, rest, err := agent.ParseConfigArgs(args)
 	if err != nil {
 		fmt.Fprintf(stderr, "vcagent: %v\n", err)
 		return 2
 	}
+	showConfig := false
+	for i, a := range rest {
+		switch {
+		case a == "-h" || a == "--help" || a == "help":
+			fmt.Fprint(stdout, agent.Usage())
+			return 0
+		case a == "config" && i == 0:
+			showConfig = true
+		default:
+			fmt.Fprintf(stderr, "vcagent: unknown argument %q (see --help)\n", a)
+			return 2
+		}
+	}
+	cfg, err := agent.Load(agent.LoadOptions{Files: files})
+	if err != nil {
+		fmt.Fprintf(stderr, "vcagent: %v\n", err)
+		return 2
+	}
+	if showConfig {
+		fmt.Fprint(stdout, cfg.Effective())
+		return 0
+	}
 	log := newLogger(cfg, stderr)
+	if len(cfg.ConfigFiles) > 0 {
+		log.Info().Strs("config_files", cfg.ConfigFiles).Int("unused_options", len(cfg.Unused())).Msg("configuration files read")
+	}
+	for _, u := range cfg.Unused() {
+		log.Debug().Str("file", u.File).Str("section", u.Section).Str("option", u.Option).Msg("config file option not used by vcagent")
+	}
 
 	// The first SIGTERM or SIGINT starts the drain; a second one exits at once.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

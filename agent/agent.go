@@ -64,6 +64,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			Msg("no vCenter configured: embedded vCenter simulator listening")
 	}
 	vcCfg.OnCall = o.OnVCenterCall
+	vcCfg.MaxTasks = a.cfg.VCenterMaxTasks
 	vc, err := vcenter.New(vcCfg, a.log)
 	if err != nil {
 		return fmt.Errorf("vCenter: %w", err)
@@ -146,7 +147,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			ReservedHostDiskMB:         a.cfg.ReservedHostDiskMB,
 			ReservedHostCPUs:           a.cfg.ReservedHostCPUs,
 		},
-		RPCObserver: o.ServerObserver(),
+		RPCObserver:         o.ServerObserver(),
+		MaxConcurrentBuilds: a.cfg.MaxConcurrentBuilds,
+		Notifications: compute.NotificationConfig{
+			Driver:          a.cfg.NotificationDriver,
+			Format:          a.cfg.NotificationFormat,
+			Topics:          a.cfg.NotificationTopics,
+			VersionedTopics: a.cfg.VersionedNotificationTopics,
+			GlanceURL:       a.cfg.GlanceEndpoint,
+		},
 	}, tr, deps, func(on bool) { o.SetReady("compute_rpc", on, "compute RPC server not consuming") }, a.log)
 	if err != nil {
 		return err

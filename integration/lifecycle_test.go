@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -157,12 +158,12 @@ func waitServer(t *testing.T, ctrl *cp.ControlPlane, id string, within time.Dura
 // computeHostWithImage starts an agent as a fresh compute host of the real
 // control plane, on a vCenter simulator the test owns, maps it, and
 // uploads an image to boot from.
-func computeHostWithImage(t *testing.T, prefix string) (ctrl *cp.ControlPlane, vc *vcenter.Session, host, image string) {
+func computeHostWithImage(t *testing.T, prefix string, env ...string) (ctrl *cp.ControlPlane, vc *vcenter.Session, host, image string) {
 	t.Helper()
 	ctrl = controlPlane(t)
 	vcEnv, vc := testVCenter(t)
 	host = prefix + fmt.Sprint(time.Now().Unix()%100000)
-	startAgent(t, append(computeAgentEnv(ctrl, host), vcEnv...)...)
+	startAgent(t, slices.Concat(computeAgentEnv(ctrl, host), vcEnv, env)...)
 	waitServiceState(t, ctrl, host, "up", 90*time.Second)
 	if out, err := ctrl.NovaManage(context.Background(), "cell_v2", "discover_hosts"); err != nil {
 		t.Fatalf("discover_hosts: %v\n%s", err, out)

@@ -2,12 +2,14 @@ package compute
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -66,11 +68,59 @@ type lifecycle struct {
 	cache  ImageCache
 	pl     Placement
 	sched  rpc.Client // scheduler fanout (instance info updates)
+	tasks  rpc.Client // conductor's compute_task API (reschedules)
+	notify *notifier  // nil: notifications off
+	builds *buildLimit
 	host   string
 	ds     *regexp.Regexp
 	log    zerolog.Logger
 
 	locks keyedLocks
+}
+
+// buildLimit is nova's max_concurrent_builds: a semaphore the builds
+// queue on. A nil *buildLimit does not limit (nova's 0).
+type buildLimit struct {
+	slots   chan struct{}
+	waiting atomic.Int64
+}
+
+func newBuildLimit(n int) *buildLimit {
+	if n <= 0 {
+		return nil
+	}
+	return &buildLimit{slots: make(chan struct{}, n)}
+}
+
+// acquire waits for a build slot; the returned func gives it back.
+func (b *buildLimit) acquire(ctx context.Context) (func(), error) {
+	if b == nil {
+		return func() {}, nil
+	}
+	b.waiting.Add(1)
+	defer b.waiting.Add(-1)
+	select {
+	case b.slots <- struct{}{}:
+		return func() { <-b.slots }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for a build slot: %w", ctx.Err())
+	}
+}
+
+// queued returns how many builds wait for a slot (the build queue depth).
+func (b *buildLimit) queued() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.waiting.Load()
+}
+
+// running returns how many builds hold a slot.
+func (b *buildLimit) running() int {
+	if b == nil {
+		return 0
+	}
+	return len(b.slots)
 }
 
 // keyedLocks serialises work per instance, as nova's
@@ -123,11 +173,29 @@ func (l *lifecycle) instanceArg(req *rpc.Request) (*ovo.Object, error) {
 	return inst, nil
 }
 
+// opSpec names an instance operation the way nova's decorators see it.
+type opSpec struct {
+	// event is the InstanceActionEvent name (wrap_instance_event),
+	// e.g. "compute_stop_instance".
+	event string
+	// method is the manager method, whose name wrap_exception gives the
+	// legacy error notification; empty sends no exception notification.
+	method string
+	// action, if set, is notified as <action>.start before body and
+	// <action>.end after it succeeded (legacy compute.instance.<action>.*
+	// and versioned instance.<action>.*).
+	action string
+	// revertsTaskState resets task_state after a failure
+	// (@reverts_task_state).
+	revertsTaskState bool
+}
+
 // operation runs body as nova's decorated manager methods do: the
 // instance lock, event_start before and event_finish(_with_failure) after
-// (with the caller's context, whose request_id names the action), and on
-// failure vm_state/task_state handling by onError.
-func (l *lifecycle) operation(ctx context.Context, req *rpc.Request, event string, body func(ctx context.Context, inst *ovo.Object) error) (any, error) {
+// (with the caller's context, whose request_id names the action), the
+// action's notifications, and on failure the instance fault, the task
+// state reverted and the exception notifications, in nova's order.
+func (l *lifecycle) operation(ctx context.Context, req *rpc.Request, op opSpec, body func(ctx context.Context, inst *ovo.Object) error) (any, error) {
 	inst, err := l.instanceArg(req)
 	if err != nil {
 		return nil, err
@@ -138,16 +206,64 @@ func (l *lifecycle) operation(ctx context.Context, req *rpc.Request, event strin
 	log := zerolog.Ctx(ctx).With().Str("instance_uuid", uuid).Logger()
 	ctx = log.WithContext(ctx)
 	rc := req.Context
-	if err := l.eventStart(ctx, rc, uuid, event); err != nil {
+	if err := l.eventStart(ctx, rc, uuid, op.event); err != nil {
 		return nil, err
+	}
+	l.loadFlavor(ctx, rc, inst)
+	if op.action != "" {
+		l.notify.instanceAction(ctx, rc, inst, op.action, op.action, "start", nil, nil)
 	}
 	berr := body(ctx, inst)
 	if berr != nil {
-		log.Error().Err(berr).Str("event", event).Msg("instance operation failed")
+		log.Error().Err(berr).Str("event", op.event).Msg("instance operation failed")
 		l.recordFault(ctx, rc, inst, berr)
+	} else if op.action != "" {
+		l.notify.instanceAction(ctx, rc, inst, op.action, op.action, "end", nil, nil)
 	}
-	l.eventFinish(ctx, rc, uuid, event, berr)
+	l.eventFinish(ctx, rc, uuid, op.event, berr)
+	if berr != nil {
+		if op.revertsTaskState {
+			l.revertTask(ctx, rc, inst)
+		}
+		if op.method != "" {
+			l.notify.exception(ctx, rc, op.method, l.exceptionArgs(req, inst), berr)
+		}
+	}
 	return nil, berr
+}
+
+// loadFlavor lazy-loads the instance's flavor, as nova's Instance does
+// on first use (Instance.get_by_uuid with expected_attrs=["flavor"]): the
+// API rarely sends it, and the notifications need it. Without
+// notifications the agent needs no flavor outside builds and saves the call.
+func (l *lifecycle) loadFlavor(ctx context.Context, rc rpc.Context, inst *ovo.Object) {
+	if !l.notify.enabled() || inst.Has("flavor") {
+		return
+	}
+	res, err := l.cond.ClassAction(ctx, rc, "Instance", "get_by_uuid", []any{inst.StringOrEmpty("uuid")},
+		map[string]any{"expected_attrs": []any{"flavor"}})
+	fresh, ok := res.(*ovo.Object)
+	if err != nil || !ok {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("loading the instance's flavor failed")
+		return
+	}
+	if f, ok := fresh.Get("flavor"); ok {
+		inst.Fields["flavor"] = f // a load, not a change: the next save must not send it
+	}
+}
+
+// exceptionArgs are wrap_exception's call arguments for the legacy error
+// notification: the request's arguments, the instance as its fields.
+func (l *lifecycle) exceptionArgs(req *rpc.Request, inst *ovo.Object) map[string]any {
+	var args map[string]any
+	_ = req.DecodeArgs(&args)
+	if args == nil {
+		args = map[string]any{}
+	}
+	if enc, err := ovo.NovaCodec().Encode(inst); err == nil {
+		args["instance"] = enc["nova_object.data"]
+	}
+	return args
 }
 
 // eventStart records the start of the compute's part of an instance action
@@ -219,38 +335,166 @@ func setStates(inst *ovo.Object, vmState string, taskState *string, power int64)
 
 func str(s string) *string { return &s }
 
+// buildArgs are build_and_run_instance's arguments. Those the agent only
+// passes on to conductor when it reschedules stay raw.
+type buildArgs struct {
+	Node               string          `json:"node"`
+	Image              map[string]any  `json:"image"`
+	FilterProperties   map[string]any  `json:"filter_properties"`
+	RequestSpec        json.RawMessage `json:"request_spec"`
+	AdminPassword      json.RawMessage `json:"admin_password"`
+	InjectedFiles      json.RawMessage `json:"injected_files"`
+	RequestedNetworks  json.RawMessage `json:"requested_networks"`
+	SecurityGroups     json.RawMessage `json:"security_groups"`
+	BlockDeviceMapping json.RawMessage `json:"block_device_mapping"`
+	HostList           json.RawMessage `json:"host_list"`
+}
+
 // BuildAndRunInstance is build_and_run_instance (a cast): the VM is
 // created in the cluster of the node nova chose, from the image, powered
-// on, and the instance goes through nova's task states to ACTIVE.
+// on, and the instance goes through nova's task states to ACTIVE. At most
+// max_concurrent_builds builds run at once; the others wait their turn.
+//
+// A build that fails is cleaned up (nothing stays in vCenter) and, as in
+// nova's _do_build_and_run_instance, either rescheduled through conductor's
+// build_instances to the alternates in host_list (when the request carries
+// retry information) or ends in ERROR with the instance fault; either way
+// the action event itself finishes without an exception and the failure is
+// told by create.error notifications.
 func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	var a struct {
-		Node  string         `json:"node"`
-		Image map[string]any `json:"image"`
-	}
+	var a buildArgs
 	if err := req.DecodeArgs(&a); err != nil {
 		return nil, err
 	}
-	return l.operation(ctx, req, "compute__do_build_and_run_instance", func(ctx context.Context, inst *ovo.Object) error {
+	release, err := l.builds.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return l.operation(ctx, req, opSpec{event: "compute__do_build_and_run_instance"}, func(ctx context.Context, inst *ovo.Object) error {
 		rc := req.Context
 		setStates(inst, "building", nil, -1)
 		if err := l.save(ctx, rc, inst, []any{"scheduling", nil}); err != nil {
-			return err
+			// Deleted or changed meanwhile: nova drops the build quietly.
+			zerolog.Ctx(ctx).Info().Err(err).Msg("instance gone or changed before the build; not building")
+			return nil
 		}
-		err := l.build(ctx, rc, inst, a.Node, a.Image)
-		if err != nil {
-			// Nothing is left behind in vCenter, and the server ends in ERROR.
-			if vm, ferr := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid")); ferr == nil {
-				_ = l.hv.Destroy(context.WithoutCancel(ctx), vm.Ref)
-			}
-			setStates(inst, "error", nil, -1)
-			if serr := l.save(ctx, rc, inst, nil); serr != nil {
-				zerolog.Ctx(ctx).Error().Err(serr).Msg("setting the instance to ERROR failed")
+		imageName, _ := a.Image["name"].(string)
+		l.notify.instanceAction(ctx, rc, inst, "create", "create", "start", nil, map[string]any{"image_name": imageName})
+		berr := l.build(ctx, rc, inst, a.Node, a.Image)
+		if berr == nil {
+			l.notify.instanceAction(ctx, rc, inst, "create", "create", "end", nil, map[string]any{"image_name": imageName, "message": "Success", "fixed_ips": []any{}})
+			return nil
+		}
+		zerolog.Ctx(ctx).Error().Err(berr).Msg("build failed")
+		l.notify.instanceAction(ctx, rc, inst, "create", "create", "error", berr, map[string]any{"image_name": imageName})
+		l.cleanupFailedBuild(ctx, inst)
+		retry, _ := a.FilterProperties["retry"].(map[string]any)
+		if retry != nil && !isBuildAbort(berr) {
+			if err := l.reschedule(ctx, rc, inst, a, retry, berr); err == nil {
+				return nil
+			} else {
+				zerolog.Ctx(ctx).Error().Err(err).Msg("rescheduling the build failed")
 			}
 		}
-		return err
+		l.failBuild(ctx, rc, inst, berr)
+		return nil
 	})
 }
 
+// isBuildAbort tells failures that no other host would fix (nova's
+// BuildAbortException: a bad image, a flavor too small) from those worth a
+// reschedule (RescheduledException: anything else the hypervisor raised).
+func isBuildAbort(err error) bool {
+	return errors.Is(err, vcenter.ErrUnsupportedDiskKind) || errors.Is(err, errImageUnacceptable)
+}
+
+// errImageUnacceptable marks an image the VMware driver cannot boot.
+var errImageUnacceptable = errors.New("image unacceptable")
+
+// cleanupFailedBuild removes what the build left in vCenter: the VM and
+// its folder on the datastore.
+func (l *lifecycle) cleanupFailedBuild(ctx context.Context, inst *ovo.Object) {
+	ctx = context.WithoutCancel(ctx) // the clean-up must not be cut short by a drain
+	vm, err := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid"))
+	if errors.Is(err, vcenter.ErrNotFound) {
+		return
+	}
+	if err == nil {
+		err = l.hv.Destroy(ctx, vm.Ref)
+	}
+	if err != nil {
+		zerolog.Ctx(ctx).Error().Err(err).Msg("cleaning up the failed build's VM failed")
+	}
+}
+
+// reschedule is nova's reschedule of a failed build: the instance leaves
+// this host, its allocations are released so an alternate can claim them,
+// and conductor's build_instances is cast with the remaining host list.
+func (l *lifecycle) reschedule(ctx context.Context, rc rpc.Context, inst *ovo.Object, a buildArgs, retry map[string]any, cause error) error {
+	retry["exc"] = []any{"Traceback (most recent call last):\n", "  (raised by vcagent)\n", cause.Error() + "\n"}
+	retry["exc_reason"] = cause.Error()
+	inst.SetNull("host")
+	inst.SetNull("node")
+	inst.SetNull("launched_on")
+	inst.SetString("task_state", "scheduling")
+	if err := l.save(ctx, rc, inst, nil); err != nil {
+		return err
+	}
+	if l.pl != nil {
+		if _, err := l.pl.DeleteAllocations(ctx, inst.StringOrEmpty("uuid")); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("releasing the failed build's allocations failed")
+		}
+	}
+	enc, err := ovo.NovaCodec().EncodeEntity(inst)
+	if err != nil {
+		return err
+	}
+	hostLists := []any{json.RawMessage("null")}
+	if len(a.HostList) > 0 {
+		hostLists = []any{a.HostList}
+	}
+	return l.tasks.Cast(ctx, rc, "build_instances", map[string]any{
+		"instances":            []any{enc},
+		"image":                a.Image,
+		"filter_properties":    a.FilterProperties,
+		"admin_password":       rawOrNull(a.AdminPassword),
+		"injected_files":       rawOrNull(a.InjectedFiles),
+		"requested_networks":   rawOrNull(a.RequestedNetworks),
+		"security_groups":      rawOrNull(a.SecurityGroups),
+		"block_device_mapping": rawOrNull(a.BlockDeviceMapping),
+		"request_spec":         rawOrNull(a.RequestSpec),
+		"host_lists":           hostLists,
+	})
+}
+
+func rawOrNull(m json.RawMessage) json.RawMessage {
+	if len(m) == 0 {
+		return json.RawMessage("null")
+	}
+	return m
+}
+
+// failBuild ends a build that is not rescheduled: the fault, the instance
+// off this host in ERROR, its allocations released.
+func (l *lifecycle) failBuild(ctx context.Context, rc rpc.Context, inst *ovo.Object, cause error) {
+	l.recordFault(ctx, rc, inst, cause)
+	inst.SetNull("host")
+	inst.SetNull("node")
+	inst.SetNull("launched_on")
+	setStates(inst, "error", nil, -1)
+	if err := l.save(ctx, rc, inst, nil); err != nil {
+		zerolog.Ctx(ctx).Error().Err(err).Msg("setting the instance to ERROR failed")
+	}
+	if l.pl != nil {
+		if _, err := l.pl.DeleteAllocations(ctx, inst.StringOrEmpty("uuid")); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("releasing the failed build's allocations failed")
+		}
+	}
+}
+
+// build claims the instance for this host and node, goes through nova's
+// task states and spawns the VM.
 func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any) error {
 	// The resource claim: the instance is on this host and node.
 	inst.SetString("host", l.host)
@@ -393,37 +637,41 @@ func (l *lifecycle) vmOf(ctx context.Context, inst *ovo.Object) (vcenter.VM, err
 
 // StopInstance is stop_instance: power off, then STOPPED.
 func (l *lifecycle) StopInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	return l.operation(ctx, req, "compute_stop_instance", func(ctx context.Context, inst *ovo.Object) error {
-		vm, err := l.vmOf(ctx, inst)
-		if err != nil {
-			return l.revertTask(ctx, req.Context, inst, err)
-		}
-		if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
-			return l.revertTask(ctx, req.Context, inst, err)
-		}
-		setStates(inst, "stopped", nil, powerShutdown)
-		return l.save(ctx, req.Context, inst, "powering-off")
-	})
+	return l.operation(ctx, req, opSpec{event: "compute_stop_instance", method: "stop_instance", action: "power_off", revertsTaskState: true},
+		func(ctx context.Context, inst *ovo.Object) error {
+			vm, err := l.vmOf(ctx, inst)
+			if err != nil {
+				return err
+			}
+			if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
+				return err
+			}
+			setStates(inst, "stopped", nil, powerShutdown)
+			return l.save(ctx, req.Context, inst, "powering-off")
+		})
 }
 
 // StartInstance is start_instance: power on, then ACTIVE.
 func (l *lifecycle) StartInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	return l.operation(ctx, req, "compute_start_instance", func(ctx context.Context, inst *ovo.Object) error {
-		vm, err := l.vmOf(ctx, inst)
-		if err != nil {
-			return l.revertTask(ctx, req.Context, inst, err)
-		}
-		if err := l.hv.PowerOn(ctx, vm.Ref); err != nil {
-			return l.revertTask(ctx, req.Context, inst, err)
-		}
-		setStates(inst, "active", nil, powerRunning)
-		return l.save(ctx, req.Context, inst, "powering-on")
-	})
+	return l.operation(ctx, req, opSpec{event: "compute_start_instance", method: "start_instance", action: "power_on", revertsTaskState: true},
+		func(ctx context.Context, inst *ovo.Object) error {
+			vm, err := l.vmOf(ctx, inst)
+			if err != nil {
+				return err
+			}
+			if err := l.hv.PowerOn(ctx, vm.Ref); err != nil {
+				return err
+			}
+			setStates(inst, "active", nil, powerRunning)
+			return l.save(ctx, req.Context, inst, "powering-on")
+		})
 }
 
 // RebootInstance is reboot_instance: SOFT asks the guest (VMware Tools)
 // to reboot and falls back to a reset without them, as the VMware driver
-// does; HARD resets.
+// does; HARD resets. A failed reboot of a VM that still runs leaves the
+// server ACTIVE with a fault and reboot.error notifications; otherwise
+// the server goes to ERROR, as in nova.
 func (l *lifecycle) RebootInstance(ctx context.Context, req *rpc.Request) (any, error) {
 	var a struct {
 		RebootType string `json:"reboot_type"`
@@ -435,71 +683,92 @@ func (l *lifecycle) RebootInstance(ctx context.Context, req *rpc.Request) (any, 
 	if a.RebootType == "HARD" {
 		suffix = "_hard"
 	}
-	return l.operation(ctx, req, "compute_reboot_instance", func(ctx context.Context, inst *ovo.Object) error {
-		rc := req.Context
-		setStates(inst, "", str("reboot_pending"+suffix), powerRunning)
-		if err := l.save(ctx, rc, inst, []any{"rebooting" + suffix, "reboot_pending" + suffix, "reboot_started" + suffix}); err != nil {
-			return err
-		}
-		inst.SetString("task_state", "reboot_started"+suffix)
-		if err := l.save(ctx, rc, inst, "reboot_pending"+suffix); err != nil {
-			return err
-		}
-		vm, err := l.vmOf(ctx, inst)
-		if err == nil {
-			if a.RebootType == "HARD" {
-				err = l.hv.Reset(ctx, vm.Ref)
-			} else if err = l.hv.RebootGuest(ctx, vm.Ref); errors.Is(err, vcenter.ErrToolsNotRunning) {
-				err = l.hv.Reset(ctx, vm.Ref)
+	return l.operation(ctx, req, opSpec{event: "compute_reboot_instance", method: "reboot_instance", revertsTaskState: true},
+		func(ctx context.Context, inst *ovo.Object) error {
+			rc := req.Context
+			l.notify.instanceAction(ctx, rc, inst, "reboot", "reboot", "start", nil, nil)
+			setStates(inst, "", str("reboot_pending"+suffix), powerRunning)
+			if err := l.save(ctx, rc, inst, []any{"rebooting" + suffix, "reboot_pending" + suffix, "reboot_started" + suffix}); err != nil {
+				return err
 			}
-		}
-		if err != nil {
-			return l.revertTask(ctx, rc, inst, err)
-		}
-		setStates(inst, "active", nil, powerRunning)
-		return l.save(ctx, rc, inst, nil)
-	})
+			inst.SetString("task_state", "reboot_started"+suffix)
+			if err := l.save(ctx, rc, inst, "reboot_pending"+suffix); err != nil {
+				return err
+			}
+			vm, err := l.vmOf(ctx, inst)
+			if err == nil {
+				if a.RebootType == "HARD" {
+					err = l.hv.Reset(ctx, vm.Ref)
+				} else if err = l.hv.RebootGuest(ctx, vm.Ref); errors.Is(err, vcenter.ErrToolsNotRunning) {
+					err = l.hv.Reset(ctx, vm.Ref)
+				}
+			}
+			if err != nil {
+				if cur, ferr := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid")); ferr == nil && cur.PowerState == vcenter.PowerStateOn {
+					l.recordFault(ctx, rc, inst, err)
+					l.notify.instanceAction(ctx, rc, inst, "reboot", "reboot", "error", err, nil)
+					setStates(inst, "active", nil, powerRunning)
+					return l.save(ctx, rc, inst, nil)
+				}
+				setStates(inst, "error", nil, -1)
+				if serr := l.save(ctx, rc, inst, nil); serr != nil {
+					zerolog.Ctx(ctx).Error().Err(serr).Msg("setting the instance to ERROR failed")
+				}
+				return err
+			}
+			setStates(inst, "active", nil, powerRunning)
+			if err := l.save(ctx, rc, inst, nil); err != nil {
+				return err
+			}
+			l.notify.instanceAction(ctx, rc, inst, "reboot", "reboot", "end", nil, nil)
+			return nil
+		})
 }
 
 // TerminateInstance is terminate_instance: the VM and its files are
 // removed, the instance is marked DELETED and destroyed through
 // conductor, and its placement allocations are deleted.
 func (l *lifecycle) TerminateInstance(ctx context.Context, req *rpc.Request) (any, error) {
-	return l.operation(ctx, req, "compute_terminate_instance", func(ctx context.Context, inst *ovo.Object) error {
-		rc := req.Context
-		uuid := inst.StringOrEmpty("uuid")
-		if vm, err := l.hv.FindVMByInstanceUUID(ctx, uuid); err == nil {
-			if err := l.hv.Destroy(ctx, vm.Ref); err != nil {
+	return l.operation(ctx, req, opSpec{event: "compute_terminate_instance", method: "terminate_instance", revertsTaskState: true},
+		func(ctx context.Context, inst *ovo.Object) error {
+			rc := req.Context
+			uuid := inst.StringOrEmpty("uuid")
+			l.notify.instanceAction(ctx, rc, inst, "delete", "delete", "start", nil, nil)
+			l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "start", nil, nil)
+			if vm, err := l.hv.FindVMByInstanceUUID(ctx, uuid); err == nil {
+				if err := l.hv.Destroy(ctx, vm.Ref); err != nil {
+					return err
+				}
+			} else if !errors.Is(err, vcenter.ErrNotFound) {
 				return err
 			}
-		} else if !errors.Is(err, vcenter.ErrNotFound) {
-			return err
-		}
-		setStates(inst, "deleted", nil, powerNoState)
-		inst.SetDateTime("terminated_at", time.Now().UTC())
-		if err := l.save(ctx, rc, inst, nil); err != nil {
-			return err
-		}
-		if _, err := l.cond.ObjectAction(ctx, rc, inst, "destroy", nil, nil); err != nil {
-			return err
-		}
-		if l.pl != nil {
-			if _, err := l.pl.DeleteAllocations(ctx, uuid); err != nil {
-				zerolog.Ctx(ctx).Warn().Err(err).Msg("deleting the placement allocations failed")
+			l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "end", nil, nil)
+			setStates(inst, "deleted", nil, powerNoState)
+			inst.SetDateTime("terminated_at", time.Now().UTC())
+			if err := l.save(ctx, rc, inst, nil); err != nil {
+				return err
 			}
-		}
-		if err := l.sched.Cast(ctx, rc, "delete_instance_info", map[string]any{"host_name": l.host, "instance_uuid": uuid}); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("delete_instance_info to the scheduler failed")
-		}
-		return nil
-	})
+			if l.pl != nil {
+				if _, err := l.pl.DeleteAllocations(ctx, uuid); err != nil {
+					zerolog.Ctx(ctx).Warn().Err(err).Msg("deleting the placement allocations failed")
+				}
+			}
+			if err := l.sched.Cast(ctx, rc, "delete_instance_info", map[string]any{"host_name": l.host, "instance_uuid": uuid}); err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Msg("delete_instance_info to the scheduler failed")
+			}
+			if _, err := l.cond.ObjectAction(ctx, rc, inst, "destroy", nil, nil); err != nil {
+				return err
+			}
+			l.notify.instanceAction(ctx, rc, inst, "delete", "delete", "end", nil, nil)
+			return nil
+		})
 }
 
-// revertTask is reverts_task_state: task_state back to None on failure.
-func (l *lifecycle) revertTask(ctx context.Context, rc rpc.Context, inst *ovo.Object, cause error) error {
+// revertTask is reverts_task_state: task_state back to None after a
+// failure.
+func (l *lifecycle) revertTask(ctx context.Context, rc rpc.Context, inst *ovo.Object) {
 	inst.SetNull("task_state")
 	if err := l.save(ctx, rc, inst, nil); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("reverting the task state failed")
 	}
-	return cause
 }

@@ -43,6 +43,12 @@ type Config struct {
 	PowerSyncReconcile time.Duration
 	// RPCObserver, if set, is told about every compute RPC request.
 	RPCObserver rpc.ServerObserver
+	// MaxConcurrentBuilds is nova's max_concurrent_builds: builds beyond
+	// it wait for one to finish. 0 means unlimited; negative means nova's
+	// default, 10.
+	MaxConcurrentBuilds int
+	// Notifications selects the notifications sent, as nova.conf does.
+	Notifications NotificationConfig
 }
 
 func (c *Config) defaults() {
@@ -63,6 +69,9 @@ func (c *Config) defaults() {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 60 * time.Second
+	}
+	if c.MaxConcurrentBuilds < 0 {
+		c.MaxConcurrentBuilds = 10
 	}
 	if c.PowerSyncReconcile <= 0 {
 		c.PowerSyncReconcile = 60 * time.Second
@@ -100,9 +109,14 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 	if cfg.Host == "" {
 		return nil, fmt.Errorf("compute: host name is empty")
 	}
+	if err := cfg.Notifications.Validate(); err != nil {
+		return nil, fmt.Errorf("compute: %w", err)
+	}
 	log = log.With().Str("role", "compute").Logger()
 	cond := NewConductor(tr, cfg.Exchange, cfg.RPCTimeout, log)
 	sched := tr.NewClient(rpc.Target{Exchange: cfg.Exchange, Topic: "scheduler", Fanout: true, Version: "4.2"})
+	// conductor's ComputeTaskAPI; 1.19 carries host_lists (Zed sends 1.19).
+	tasks := tr.NewClient(rpc.Target{Exchange: cfg.Exchange, Topic: "conductor", Namespace: "compute_task", Version: "1.19"})
 	return &Manager{
 		cfg:  cfg,
 		tr:   tr,
@@ -113,7 +127,9 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 			nodes: map[string]*ovo.Object{},
 		},
 		life: &lifecycle{cond: cond, hv: deps.Hypervisor, images: deps.Images, cache: deps.Cache, pl: placement,
-			sched: sched, host: cfg.Host, ds: cfg.DatastoreRegex, log: log},
+			sched: sched, tasks: tasks, host: cfg.Host, ds: cfg.DatastoreRegex, log: log,
+			notify: newNotifier(tr, cfg.Exchange, cfg.Host, cfg.Notifications),
+			builds: newBuildLimit(cfg.MaxConcurrentBuilds)},
 		scheduler:   sched,
 		log:         log,
 		onConsuming: onConsuming,
@@ -145,6 +161,10 @@ func (m *Manager) Run(ctx context.Context) error {
 			"start_instance":         m.life.StartInstance,
 			"reboot_instance":        m.life.RebootInstance,
 			"terminate_instance":     m.life.TerminateInstance,
+			"pause_instance":         m.life.PauseInstance,
+			"unpause_instance":       m.life.UnpauseInstance,
+			"set_admin_password":     m.life.SetAdminPassword,
+			"trigger_crash_dump":     m.life.TriggerCrashDump,
 		}),
 		DrainTimeout: m.cfg.DrainTimeout,
 		OnConsuming:  m.onConsuming,

@@ -15,6 +15,8 @@ const (
 	// DefaultKeepAlive is the default Config.KeepAlive. vCenter's default
 	// idle session timeout is 30 minutes.
 	DefaultKeepAlive = 5 * time.Minute
+	// DefaultMaxTasks is the default Config.MaxTasks.
+	DefaultMaxTasks = 16
 
 	// loginTimeout bounds a login or logout that must finish even when the
 	// caller's context is cancelled.
@@ -53,6 +55,12 @@ type Config struct {
 	// it took and its error (a fault included), for metrics. It must not
 	// block.
 	OnCall func(method string, d time.Duration, err error)
+	// MaxTasks is the task budget: at most this many vCenter tasks
+	// (CreateVM_Task, PowerOnVM_Task, CopyVirtualDisk_Task, ...) started by
+	// this session run at once; further ones wait for a slot before they
+	// are started, so a burst of builds queues here instead of flooding
+	// vCenter's task manager. Zero means DefaultMaxTasks.
+	MaxTasks int
 }
 
 // String returns a description of c with the password redacted.
@@ -112,6 +120,12 @@ func (c Config) resolve() (Config, *url.URL, error) {
 		bad("MaxConns", "must not be negative, got %d", c.MaxConns)
 	case c.MaxConns == 0:
 		c.MaxConns = DefaultMaxConns
+	}
+	switch {
+	case c.MaxTasks < 0:
+		bad("MaxTasks", "must not be negative, got %d", c.MaxTasks)
+	case c.MaxTasks == 0:
+		c.MaxTasks = DefaultMaxTasks
 	}
 	switch {
 	case c.KeepAlive < 0:

@@ -164,14 +164,17 @@ func (s *Session) DeleteDatastoreFile(ctx context.Context, dc string, p Datastor
 	if err != nil {
 		return err
 	}
-	res, err := methods.DeleteDatastoreFile_Task(ctx, c, &types.DeleteDatastoreFile_Task{
-		This:       *c.ServiceContent.FileManager,
-		Name:       p.String(),
-		Datacenter: &dcRef,
+	_, err = s.runTask(ctx, c, "datastore file task", func() (types.ManagedObjectReference, error) {
+		res, err := methods.DeleteDatastoreFile_Task(ctx, c, &types.DeleteDatastoreFile_Task{
+			This:       *c.ServiceContent.FileManager,
+			Name:       p.String(),
+			Datacenter: &dcRef,
+		})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
 	})
-	if err == nil {
-		_, err = s.waitTask(ctx, c, "datastore file task", res.Returnval)
-	}
 	if err != nil && fault.Is(err, &types.FileNotFound{}) {
 		return nil
 	}
@@ -192,17 +195,20 @@ func (s *Session) MoveDatastoreFile(ctx context.Context, dc string, src, dst Dat
 	if err != nil {
 		return err
 	}
-	res, err := methods.MoveDatastoreFile_Task(ctx, c, &types.MoveDatastoreFile_Task{
-		This:                  *c.ServiceContent.FileManager,
-		SourceName:            src.String(),
-		SourceDatacenter:      &dcRef,
-		DestinationName:       dst.String(),
-		DestinationDatacenter: &dcRef,
-		Force:                 types.NewBool(force),
+	_, err = s.runTask(ctx, c, "datastore file task", func() (types.ManagedObjectReference, error) {
+		res, err := methods.MoveDatastoreFile_Task(ctx, c, &types.MoveDatastoreFile_Task{
+			This:                  *c.ServiceContent.FileManager,
+			SourceName:            src.String(),
+			SourceDatacenter:      &dcRef,
+			DestinationName:       dst.String(),
+			DestinationDatacenter: &dcRef,
+			Force:                 types.NewBool(force),
+		})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
 	})
-	if err == nil {
-		_, err = s.waitTask(ctx, c, "datastore file task", res.Returnval)
-	}
 	s.forgetDatacenter(dc, dcRef, err)
 	return wrapFileErr(op, err)
 }
@@ -218,17 +224,20 @@ func (s *Session) CopyDatastoreFile(ctx context.Context, dc string, src, dst Dat
 	if err != nil {
 		return err
 	}
-	res, err := methods.CopyDatastoreFile_Task(ctx, c, &types.CopyDatastoreFile_Task{
-		This:                  *c.ServiceContent.FileManager,
-		SourceName:            src.String(),
-		SourceDatacenter:      &dcRef,
-		DestinationName:       dst.String(),
-		DestinationDatacenter: &dcRef,
-		Force:                 types.NewBool(force),
+	_, err = s.runTask(ctx, c, "datastore file task", func() (types.ManagedObjectReference, error) {
+		res, err := methods.CopyDatastoreFile_Task(ctx, c, &types.CopyDatastoreFile_Task{
+			This:                  *c.ServiceContent.FileManager,
+			SourceName:            src.String(),
+			SourceDatacenter:      &dcRef,
+			DestinationName:       dst.String(),
+			DestinationDatacenter: &dcRef,
+			Force:                 types.NewBool(force),
+		})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
 	})
-	if err == nil {
-		_, err = s.waitTask(ctx, c, "datastore file task", res.Returnval)
-	}
 	s.forgetDatacenter(dc, dcRef, err)
 	return wrapFileErr(op, err)
 }

@@ -67,21 +67,24 @@ func (s *Session) CreateVirtualDisk(ctx context.Context, dc string, p DatastoreP
 	if err != nil {
 		return err
 	}
-	res, err := methods.CreateVirtualDisk_Task(ctx, c, &types.CreateVirtualDisk_Task{
-		This:       *c.ServiceContent.VirtualDiskManager,
-		Name:       p.String(),
-		Datacenter: &dcRef,
-		Spec: &types.FileBackedVirtualDiskSpec{
-			VirtualDiskSpec: types.VirtualDiskSpec{
-				DiskType:    string(diskType),
-				AdapterType: DefaultAdapterType,
+	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+		res, err := methods.CreateVirtualDisk_Task(ctx, c, &types.CreateVirtualDisk_Task{
+			This:       *c.ServiceContent.VirtualDiskManager,
+			Name:       p.String(),
+			Datacenter: &dcRef,
+			Spec: &types.FileBackedVirtualDiskSpec{
+				VirtualDiskSpec: types.VirtualDiskSpec{
+					DiskType:    string(diskType),
+					AdapterType: DefaultAdapterType,
+				},
+				CapacityKb: capacityKB,
 			},
-			CapacityKb: capacityKB,
-		},
+		})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
 	})
-	if err == nil {
-		_, err = s.waitTask(ctx, c, "virtual disk task", res.Returnval)
-	}
 	s.forgetDatacenter(dc, dcRef, err)
 	return wrapFileErr(op, err)
 }
@@ -116,10 +119,13 @@ func (s *Session) CopyVirtualDisk(ctx context.Context, dc string, src, dst Datas
 			AdapterType: DefaultAdapterType,
 		}
 	}
-	res, err := methods.CopyVirtualDisk_Task(ctx, c, req)
-	if err == nil {
-		_, err = s.waitTask(ctx, c, "virtual disk task", res.Returnval)
-	}
+	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+		res, err := methods.CopyVirtualDisk_Task(ctx, c, req)
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
+	})
 	s.forgetDatacenter(dc, dcRef, err)
 	return wrapFileErr(op, err)
 }
@@ -135,16 +141,19 @@ func (s *Session) ExtendVirtualDisk(ctx context.Context, dc string, p DatastoreP
 	if err != nil {
 		return err
 	}
-	res, err := methods.ExtendVirtualDisk_Task(ctx, c, &types.ExtendVirtualDisk_Task{
-		This:          *c.ServiceContent.VirtualDiskManager,
-		Name:          p.String(),
-		Datacenter:    &dcRef,
-		NewCapacityKb: newCapacityKB,
-		EagerZero:     types.NewBool(false),
+	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+		res, err := methods.ExtendVirtualDisk_Task(ctx, c, &types.ExtendVirtualDisk_Task{
+			This:          *c.ServiceContent.VirtualDiskManager,
+			Name:          p.String(),
+			Datacenter:    &dcRef,
+			NewCapacityKb: newCapacityKB,
+			EagerZero:     types.NewBool(false),
+		})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
 	})
-	if err == nil {
-		_, err = s.waitTask(ctx, c, "virtual disk task", res.Returnval)
-	}
 	s.forgetDatacenter(dc, dcRef, err)
 	return wrapFileErr(op, err)
 }
@@ -159,14 +168,17 @@ func (s *Session) DeleteVirtualDisk(ctx context.Context, dc string, p DatastoreP
 	if err != nil {
 		return err
 	}
-	res, err := methods.DeleteVirtualDisk_Task(ctx, c, &types.DeleteVirtualDisk_Task{
-		This:       *c.ServiceContent.VirtualDiskManager,
-		Name:       p.String(),
-		Datacenter: &dcRef,
+	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+		res, err := methods.DeleteVirtualDisk_Task(ctx, c, &types.DeleteVirtualDisk_Task{
+			This:       *c.ServiceContent.VirtualDiskManager,
+			Name:       p.String(),
+			Datacenter: &dcRef,
+		})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
 	})
-	if err == nil {
-		_, err = s.waitTask(ctx, c, "virtual disk task", res.Returnval)
-	}
 	if err != nil && fault.Is(err, &types.FileNotFound{}) {
 		return nil
 	}

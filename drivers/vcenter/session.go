@@ -44,6 +44,7 @@ type Session struct {
 	// vCenter says the object no longer exists.
 	dcRefs  sync.Map
 	relogRT *reloginRoundTripper // the client's RoundTripper
+	tasks   chan struct{}        // the task budget: one token per running task
 	flights sync.WaitGroup       // running re-logins (for Logout)
 	life    sync.Mutex           // serialises Login and Logout
 	mu      sync.Mutex           // guards the fields below
@@ -91,10 +92,11 @@ func New(cfg Config, log zerolog.Logger) (*Session, error) {
 	t.DialTLSContext = dialer.DialContext
 
 	s := &Session{
-		cfg:  cfg,
-		url:  u,
-		log:  log.With().Str("component", "vcenter").Str("vcenter", u.Host).Logger(),
-		soap: sc,
+		cfg:   cfg,
+		url:   u,
+		log:   log.With().Str("component", "vcenter").Str("vcenter", u.Host).Logger(),
+		soap:  sc,
+		tasks: make(chan struct{}, cfg.MaxTasks),
 	}
 	s.counter = newCallCounter(sc, cfg.OnCall)
 	s.relogRT = &reloginRoundTripper{s: s, next: s.counter}

@@ -135,12 +135,24 @@ func faultName(f types.BaseMethodFault) string {
 
 // runTask starts a task with start and waits for it; start's error (a
 // synchronous SOAP fault) and the task's error are returned alike, without
-// the op prefix.
+// the op prefix. Every task the package starts goes through here, so that
+// the task budget (Config.MaxTasks) holds: a task is started only once a
+// slot is free, and the slot is held until the task has ended.
 func (s *Session) runTask(ctx context.Context, c *vim25.Client, op string,
 	start func() (types.ManagedObjectReference, error)) (types.AnyType, error) {
+	select {
+	case s.tasks <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for a vCenter task slot: %w", ctx.Err())
+	}
+	defer func() { <-s.tasks }()
 	ref, err := start()
 	if err != nil {
 		return nil, err
 	}
 	return s.waitTask(ctx, c, op, ref)
 }
+
+// TasksInFlight returns how many vCenter tasks this session is running
+// (started and not yet ended), for metrics.
+func (s *Session) TasksInFlight() int { return len(s.tasks) }

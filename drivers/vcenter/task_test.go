@@ -3,7 +3,10 @@ package vcenter
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/simulator"
@@ -117,5 +120,70 @@ func TestWaitTask(t *testing.T) {
 	cancel()
 	if _, err := e.s.WaitTask(cctx, "cancelled", Ref{Type: "Task", Value: "task-none"}); err == nil {
 		t.Error("WaitTask with a cancelled context succeeded")
+	}
+}
+
+// TestTaskBudget starts more tasks at once than the budget allows and checks
+// that exactly MaxTasks of them run together: the others wait for a slot
+// before they are started.
+func TestTaskBudget(t *testing.T) {
+	t.Parallel()
+	sim := startSim(t, SimulatorConfig{Clusters: 1, HostsPerCluster: 1, Datastores: 1})
+	cfg := simConfig(sim)
+	cfg.MaxTasks = 2
+	s := login(t, cfg)
+	ctx := t.Context()
+	c, dc, err := s.fileOp(ctx, "budget test", "DC0")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const tasks = 6
+	var (
+		mu      sync.Mutex
+		running int
+		peak    int
+	)
+	gate := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range tasks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = s.runTask(ctx, c, "budget test", func() (types.ManagedObjectReference, error) {
+				mu.Lock()
+				running++
+				peak = max(peak, running)
+				mu.Unlock()
+				<-gate
+				mu.Lock()
+				running--
+				mu.Unlock()
+				res, err := methods.DeleteDatastoreFile_Task(ctx, c, &types.DeleteDatastoreFile_Task{
+					This: *c.ServiceContent.FileManager, Name: fmt.Sprintf("[LocalDS_0] missing-%d", i), Datacenter: &dc,
+				})
+				if err != nil {
+					return types.ManagedObjectReference{}, err
+				}
+				return res.Returnval, nil
+			})
+		}()
+	}
+	waitFor(t, 5*time.Second, "two tasks starting", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return running == 2
+	})
+	time.Sleep(50 * time.Millisecond) // room for a third to start if the budget leaked
+	if got := s.TasksInFlight(); got != 2 {
+		t.Errorf("TasksInFlight = %d, want 2", got)
+	}
+	close(gate)
+	wg.Wait()
+	if peak != 2 {
+		t.Errorf("peak concurrent task starts = %d, want the budget, 2", peak)
+	}
+	if got := s.TasksInFlight(); got != 0 {
+		t.Errorf("TasksInFlight after all ended = %d, want 0", got)
 	}
 }
