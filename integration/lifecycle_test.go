@@ -37,7 +37,11 @@ func serveSimulator() {
 	if err != nil {
 		panic(err)
 	}
-	fmt.Println(sim.URL().String())
+	u := sim.URL()
+	if os.Getenv(simulatorFaultsEnv) != "" {
+		u = serveFaultProxy(u)
+	}
+	fmt.Println(u.String())
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	sim.Close()
 }
@@ -45,7 +49,7 @@ func serveSimulator() {
 // testVCenter starts a vCenter simulator owned by the test, so the test
 // can look at the VMs the agent makes, and returns the agent's settings for
 // it and a session of the test's own.
-func testVCenter(t *testing.T) ([]string, *vcenter.Session) {
+func testVCenter(t *testing.T, env ...string) ([]string, *vcenter.Session) {
 	t.Helper()
 	ctx := context.Background()
 	self, err := os.Executable()
@@ -54,6 +58,7 @@ func testVCenter(t *testing.T) ([]string, *vcenter.Session) {
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), simulatorEnv+"=1", "GORACE=halt_on_error=0 exitcode=0 log_path="+filepath.Join(t.TempDir(), "race"))
+	cmd.Env = append(cmd.Env, env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
