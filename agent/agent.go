@@ -160,6 +160,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	o.GaugeFunc("vcagent_vcenter_tasks_in_flight", "vCenter tasks started by the agent and not yet ended (bounded by VCAGENT_VCENTER_MAX_TASKS).",
+		func() float64 { return float64(vc.TasksInFlight()) })
+	o.GaugeFunc("vcagent_compute_builds_queued", "Builds waiting for a slot (VCAGENT_MAX_CONCURRENT_BUILDS).", mgr.BuildsQueued)
+	o.GaugeFunc("vcagent_compute_builds_running", "Builds holding a slot.", mgr.BuildsRunning)
 	err = mgr.Run(ctx)
 	a.log.Info().Msg("compute role stopped")
 	if err != nil && !errors.Is(err, context.Canceled) {

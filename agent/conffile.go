@@ -464,6 +464,18 @@ func setFromFile(v reflect.Value, raw string) error {
 	return nil
 }
 
+// setSlice sets the slice v to the elements parts, each set by set.
+func setSlice(v reflect.Value, parts []string, set func(reflect.Value, string) error) error {
+	sl := reflect.MakeSlice(v.Type(), len(parts), len(parts))
+	for i, p := range parts {
+		if err := set(sl.Index(i), p); err != nil {
+			return err
+		}
+	}
+	v.Set(sl)
+	return nil
+}
+
 // osloBool is oslo.config's Boolean type: true, 1, on, yes and false, 0,
 // off, no, in any case.
 func osloBool(s string) (bool, error) {

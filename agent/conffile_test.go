@@ -20,9 +20,21 @@ func writeConf(t *testing.T, dir, name, text string) string {
 	return p
 }
 
-// envOf is a LookupEnv over m (no process environment).
-func envOf(m map[string]string) func(string) (string, bool) {
-	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+// setEnv gives the test the VCAGENT_* variables of m and no others: those
+// of the process are unset until the test ends (t.Setenv restores them).
+func setEnv(t *testing.T, m map[string]string) {
+	t.Helper()
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, EnvPrefix+"_") {
+			t.Setenv(k, "")
+			if err := os.Unsetenv(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for k, v := range m {
+		t.Setenv(k, v)
+	}
 }
 
 func TestParseINI(t *testing.T) {
@@ -143,7 +155,8 @@ connection = mysql+pymysql://nova:dbpw@db/nova
 `)
 	site := writeConf(t, dir, "site.conf", "[default]\nhost = from-site\n[vmware]\ncluster_name = C3\n")
 
-	c, err := Load(LoadOptions{Files: []string{nova, site}, LookupEnv: envOf(nil)})
+	setEnv(t, nil)
+	c, err := Load(LoadOptions{Files: []string{nova, site}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +231,8 @@ func TestPrecedence(t *testing.T) {
 		"VCAGENT_REPORT_INTERVAL": "3s",
 		"VCAGENT_CLUSTERS":        "E1,E2",
 	}
-	c, err := Load(LoadOptions{Files: []string{b}, LookupEnv: envOf(env)})
+	setEnv(t, env)
+	c, err := Load(LoadOptions{Files: []string{b}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +262,8 @@ func TestPrecedence(t *testing.T) {
 
 	t.Run("an empty variable overrides the file", func(t *testing.T) {
 		f := writeConf(t, dir, "vc.conf", "[vmware]\nhost_ip = vc\nhost_username = u\n")
-		c, err := Load(LoadOptions{Files: []string{f}, LookupEnv: envOf(map[string]string{"VCAGENT_VCENTER_URL": ""})})
+		setEnv(t, map[string]string{"VCAGENT_VCENTER_URL": ""})
+		c, err := Load(LoadOptions{Files: []string{f}})
 		if err != nil || c.VCenterURL != "" {
 			t.Fatalf("%q, %v", c.VCenterURL, err)
 		}
@@ -265,14 +280,16 @@ func TestPrecedence(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(rest, []string{"config"}) {
 			t.Fatal(rest, err)
 		}
-		c, err := Load(LoadOptions{Files: paths, LookupEnv: envOf(nil)})
+		setEnv(t, nil)
+		c, err := Load(LoadOptions{Files: paths})
 		if err != nil || c.Host != "twenty" || c.MyIP != "10.9.9.9" {
 			t.Fatalf("%q %q %v", c.Host, c.MyIP, err)
 		}
 	})
 	t.Run("token auth", func(t *testing.T) {
 		f := writeConf(t, dir, "tok.conf", "[placement]\nauth_type = admin_token\nendpoint = http://pl:8778\ntoken = tok\nauth_url = http://ks/v3\nusername = u\npassword = p\n")
-		c, err := Load(LoadOptions{Files: []string{f}, LookupEnv: envOf(nil)})
+		setEnv(t, nil)
+		c, err := Load(LoadOptions{Files: []string{f}})
 		if err != nil || c.AuthToken != "tok" || c.PlacementEndpoint != "http://pl:8778" || c.AuthURL != "" || c.AuthPassword != "" {
 			t.Fatalf("%+v %v", c, err)
 		}
@@ -282,6 +299,7 @@ func TestPrecedence(t *testing.T) {
 // TestFileErrorsNameFileSectionOption: a bad value in a file stops Load
 // with an error naming the file, the section and the option.
 func TestFileErrorsNameFileSectionOption(t *testing.T) {
+	setEnv(t, nil)
 	tests := []struct{ text, want string }{
 		{"[DEFAULT]\nreport_interval = abc\n", `[DEFAULT] report_interval: "abc" is not an integer`},
 		{"[DEFAULT]\nreport_interval = -5\n", `[DEFAULT] report_interval: must be positive`},
@@ -302,7 +320,7 @@ func TestFileErrorsNameFileSectionOption(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.want, func(t *testing.T) {
 			p := writeConf(t, t.TempDir(), "nova.conf", tc.text)
-			_, err := Load(LoadOptions{Files: []string{p}, LookupEnv: envOf(nil)})
+			_, err := Load(LoadOptions{Files: []string{p}})
 			if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
@@ -312,14 +330,16 @@ func TestFileErrorsNameFileSectionOption(t *testing.T) {
 		})
 	}
 	t.Run("missing file", func(t *testing.T) {
-		_, err := Load(LoadOptions{LookupEnv: envOf(map[string]string{"VCAGENT_CONFIG_FILE": "/nonexistent/nova.conf"})})
+		t.Setenv("VCAGENT_CONFIG_FILE", "/nonexistent/nova.conf")
+		_, err := Load(LoadOptions{})
 		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "/nonexistent/nova.conf") {
 			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("the environment's value is named as before", func(t *testing.T) {
 		p := writeConf(t, t.TempDir(), "nova.conf", "[DEFAULT]\nreport_interval = 5\n")
-		_, err := Load(LoadOptions{Files: []string{p}, LookupEnv: envOf(map[string]string{"VCAGENT_REPORT_INTERVAL": "-1s"})})
+		t.Setenv("VCAGENT_REPORT_INTERVAL", "-1s")
+		_, err := Load(LoadOptions{Files: []string{p}})
 		if err == nil || !strings.Contains(err.Error(), "VCAGENT_REPORT_INTERVAL") {
 			t.Fatalf("got %v", err)
 		}
@@ -359,7 +379,8 @@ volume_driver = cinder.volume.drivers.lvm.LVMVolumeDriver
 bridge_mappings = physnet1:br-ex, physnet2:br-vlan
 `)
 	env := map[string]string{"VCAGENT_AUTH_TOKEN": "ENVTOKEN", "VCAGENT_PLACEMENT_ENDPOINT": "http://pl", "VCAGENT_VCENTER_URL": "https://admin:URLPW@vc/sdk"}
-	c, err := Load(LoadOptions{Files: []string{nova, cinder}, LookupEnv: envOf(env)})
+	setEnv(t, env)
+	c, err := Load(LoadOptions{Files: []string{nova, cinder}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,6 +425,7 @@ func TestOneTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	setEnv(t, map[string]string{"VCAGENT_HOST": "h"})
 	seen := map[confKey]string{}
 	help := Usage()
 	for _, s := range table {
@@ -431,7 +453,7 @@ func TestOneTable(t *testing.T) {
 			}
 		}
 		if s.hasDef {
-			c, err := Load(LoadOptions{LookupEnv: envOf(map[string]string{"VCAGENT_HOST": "h"})})
+			c, err := Load(LoadOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -444,6 +466,7 @@ func TestOneTable(t *testing.T) {
 
 // TestSubstitution: oslo.config's $templates in the values the agent uses.
 func TestSubstitution(t *testing.T) {
+	setEnv(t, nil)
 	tests := []struct{ name, text, want string }{
 		{"$$ and \\$ are a dollar", "[vmware]\nhost_username = a$$b\\$c\n", "a$b$c"},
 		{"bare name: own section first", "[DEFAULT]\nuser = fromdefault\n[vmware]\nuser = fromvmware\nhost_username = $user\n", "fromvmware"},
@@ -455,7 +478,7 @@ func TestSubstitution(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeConf(t, t.TempDir(), "nova.conf", tc.text)
-			c, err := Load(LoadOptions{Files: []string{p}, LookupEnv: envOf(nil)})
+			c, err := Load(LoadOptions{Files: []string{p}})
 			if err != nil || c.VCenterUser != tc.want {
 				t.Fatalf("got %q, %v; want %q", c.VCenterUser, err, tc.want)
 			}
@@ -463,7 +486,7 @@ func TestSubstitution(t *testing.T) {
 	}
 	t.Run("a failed substitution in a secret does not show it", func(t *testing.T) {
 		p := writeConf(t, t.TempDir(), "nova.conf", "[vmware]\nhost_password = pa$ssw0rd\n")
-		_, err := Load(LoadOptions{Files: []string{p}, LookupEnv: envOf(nil)})
+		_, err := Load(LoadOptions{Files: []string{p}})
 		if err == nil || !strings.Contains(err.Error(), "[vmware] host_password") || strings.Contains(err.Error(), "ssw0rd") {
 			t.Fatalf("got %v", err)
 		}

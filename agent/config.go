@@ -8,9 +8,11 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/kelseyhightower/envconfig"
 	"github.com/rs/zerolog"
 
 	"github.com/vcagent/vcagent/rpc"
@@ -22,77 +24,79 @@ const EnvPrefix = "VCAGENT"
 // Config is the agent's whole configuration, read once at start-up (see
 // Load) and passed down; nothing reads the environment or the files later.
 //
-// The struct tags are the one table of the configuration: env names the
-// VCAGENT_* variable, default its default, conf the oslo.config option(s) of
-// nova.conf that set it ("section.key"; several are alternatives, the first
-// found wins; after ";" a mode, see knownConfMode), secret marks values never
-// shown ("url": only the URL's passwords), and desc the text of --help. Load,
-// Usage and Settings all read these tags, so the variables, the file options,
-// the help and `vcagent config` cannot disagree.
+// The struct tags are the one table of the configuration: envconfig names
+// the VCAGENT_* variable and default its default (both parsed by
+// github.com/kelseyhightower/envconfig, see processEnv), conf the
+// oslo.config option(s) of nova.conf that set it ("section.key"; several
+// are alternatives, the first found wins; after ";" a mode, see
+// knownConfMode), secret marks values never shown ("url": only the URL's
+// passwords), and desc the text of --help. Load, Usage and Settings all
+// read these tags, so the variables, the file options, the help and
+// `vcagent config` cannot disagree.
 type Config struct {
 	// ConfigFiles are the INI files read (VCAGENT_CONFIG_FILE, then the
 	// --config-file and --config-dir arguments); a directory stands for its
 	// *.conf files.
-	ConfigFiles  []string `env:"CONFIG_FILE" desc:"comma-separated oslo.config INI files (nova.conf, nova-compute.conf, ...) read in order, later files winning, before the --config-file/--config-dir arguments; a directory means its *.conf files"`
-	TransportURL string   `env:"TRANSPORT_URL" conf:"DEFAULT.transport_url" secret:"url" default:"rabbit://guest:guest@127.0.0.1:5672/" desc:"oslo.messaging transport_url of the OpenStack bus"`
-	Host         string   `env:"HOST" conf:"DEFAULT.host" desc:"host name the agent serves as; default: the machine's host name"`
+	ConfigFiles  []string `envconfig:"CONFIG_FILE" desc:"comma-separated oslo.config INI files (nova.conf, nova-compute.conf, ...) read in order, later files winning, before the --config-file/--config-dir arguments; a directory means its *.conf files"`
+	TransportURL string   `envconfig:"TRANSPORT_URL" conf:"DEFAULT.transport_url" secret:"url" default:"rabbit://guest:guest@127.0.0.1:5672/" desc:"oslo.messaging transport_url of the OpenStack bus"`
+	Host         string   `envconfig:"HOST" conf:"DEFAULT.host" desc:"host name the agent serves as; default: the machine's host name"`
 	// ControlExchange is the exchange of the compute service (nova's default).
-	ControlExchange string `env:"CONTROL_EXCHANGE" conf:"DEFAULT.control_exchange" default:"nova" desc:"control exchange of the compute role"`
+	ControlExchange string `envconfig:"CONTROL_EXCHANGE" conf:"DEFAULT.control_exchange" default:"nova" desc:"control exchange of the compute role"`
 
-	VCenterURL      string   `env:"VCENTER_URL" conf:"vmware.host_ip,vmware.host_port;vcenter_url" secret:"url" desc:"vCenter SDK URL (from the files: https://host_ip:host_port/sdk); empty starts the embedded vCenter simulator"`
-	VCenterUser     string   `env:"VCENTER_USER" conf:"vmware.host_username" desc:"vCenter user"`
-	VCenterPassword string   `env:"VCENTER_PASSWORD" conf:"vmware.host_password" secret:"true" desc:"vCenter password"`
-	VCenterInsecure bool     `env:"VCENTER_INSECURE" conf:"vmware.insecure" default:"false" desc:"skip vCenter certificate verification"`
-	VCenterCAFile   string   `env:"VCENTER_CA_FILE" conf:"vmware.ca_file" desc:"CA bundle for vCenter's certificate"`
-	Clusters        []string `env:"CLUSTERS" conf:"vmware.cluster_name;multi" desc:"comma-separated vCenter clusters to serve (in a file: cluster_name once per cluster); empty: every cluster"`
-	DatastoreRegex  string   `env:"DATASTORE_REGEX" conf:"vmware.datastore_regex" desc:"regular expression selecting datastores; empty: all"`
+	VCenterURL      string   `envconfig:"VCENTER_URL" conf:"vmware.host_ip,vmware.host_port;vcenter_url" secret:"url" desc:"vCenter SDK URL (from the files: https://host_ip:host_port/sdk); empty starts the embedded vCenter simulator"`
+	VCenterUser     string   `envconfig:"VCENTER_USER" conf:"vmware.host_username" desc:"vCenter user"`
+	VCenterPassword string   `envconfig:"VCENTER_PASSWORD" conf:"vmware.host_password" secret:"true" desc:"vCenter password"`
+	VCenterInsecure bool     `envconfig:"VCENTER_INSECURE" conf:"vmware.insecure" default:"false" desc:"skip vCenter certificate verification"`
+	VCenterCAFile   string   `envconfig:"VCENTER_CA_FILE" conf:"vmware.ca_file" desc:"CA bundle for vCenter's certificate"`
+	Clusters        []string `envconfig:"CLUSTERS" conf:"vmware.cluster_name;multi" desc:"comma-separated vCenter clusters to serve (in a file: cluster_name once per cluster); empty: every cluster"`
+	DatastoreRegex  string   `envconfig:"DATASTORE_REGEX" conf:"vmware.datastore_regex" desc:"regular expression selecting datastores; empty: all"`
 
-	AuthURL               string `env:"AUTH_URL" conf:"placement.auth_url,placement.auth_type;password_auth" secret:"url" desc:"keystone URL for placement and glance (password authentication)"`
-	AuthUsername          string `env:"AUTH_USERNAME" conf:"placement.username,placement.auth_type;password_auth" desc:"service user"`
-	AuthPassword          string `env:"AUTH_PASSWORD" conf:"placement.password,placement.auth_type;password_auth" secret:"true" desc:"service user's password"`
-	AuthProjectName       string `env:"AUTH_PROJECT_NAME" conf:"placement.project_name" default:"service" desc:"service project"`
-	AuthUserDomainName    string `env:"AUTH_USER_DOMAIN_NAME" conf:"placement.user_domain_name" default:"Default" desc:"service user's domain"`
-	AuthProjectDomainName string `env:"AUTH_PROJECT_DOMAIN_NAME" conf:"placement.project_domain_name" default:"Default" desc:"service project's domain"`
-	RegionName            string `env:"REGION_NAME" conf:"placement.region_name" desc:"region of the endpoints in the catalog"`
-	AuthToken             string `env:"AUTH_TOKEN" conf:"placement.token,placement.auth_type;token_auth" secret:"true" desc:"a fixed token instead of keystone (needs VCAGENT_PLACEMENT_ENDPOINT), for test clouds; from the files when auth_type is admin_token or token"`
-	PlacementEndpoint     string `env:"PLACEMENT_ENDPOINT" conf:"placement.endpoint_override,placement.endpoint" secret:"url" desc:"placement URL, instead of the catalog's"`
-	GlanceEndpoint        string `env:"GLANCE_ENDPOINT" conf:"glance.endpoint_override" secret:"url" desc:"glance URL, instead of the catalog's"`
+	AuthURL               string `envconfig:"AUTH_URL" conf:"placement.auth_url,placement.auth_type;password_auth" secret:"url" desc:"keystone URL for placement and glance (password authentication)"`
+	AuthUsername          string `envconfig:"AUTH_USERNAME" conf:"placement.username,placement.auth_type;password_auth" desc:"service user"`
+	AuthPassword          string `envconfig:"AUTH_PASSWORD" conf:"placement.password,placement.auth_type;password_auth" secret:"true" desc:"service user's password"`
+	AuthProjectName       string `envconfig:"AUTH_PROJECT_NAME" conf:"placement.project_name" default:"service" desc:"service project"`
+	AuthUserDomainName    string `envconfig:"AUTH_USER_DOMAIN_NAME" conf:"placement.user_domain_name" default:"Default" desc:"service user's domain"`
+	AuthProjectDomainName string `envconfig:"AUTH_PROJECT_DOMAIN_NAME" conf:"placement.project_domain_name" default:"Default" desc:"service project's domain"`
+	RegionName            string `envconfig:"REGION_NAME" conf:"placement.region_name" desc:"region of the endpoints in the catalog"`
+	AuthToken             string `envconfig:"AUTH_TOKEN" conf:"placement.token,placement.auth_type;token_auth" secret:"true" desc:"a fixed token instead of keystone (needs VCAGENT_PLACEMENT_ENDPOINT), for test clouds; from the files when auth_type is admin_token or token"`
+	PlacementEndpoint     string `envconfig:"PLACEMENT_ENDPOINT" conf:"placement.endpoint_override,placement.endpoint" secret:"url" desc:"placement URL, instead of the catalog's"`
+	GlanceEndpoint        string `envconfig:"GLANCE_ENDPOINT" conf:"glance.endpoint_override" secret:"url" desc:"glance URL, instead of the catalog's"`
 
-	CachePrefix                string        `env:"CACHE_PREFIX" conf:"vmware.cache_prefix" desc:"image cache folder <prefix>_base on each datastore; default: my_ip, else the host name"`
-	MyIP                       string        `env:"MY_IP" conf:"DEFAULT.my_ip" desc:"IP address reported as the compute nodes' host_ip"`
-	ReportInterval             time.Duration `env:"REPORT_INTERVAL" conf:"DEFAULT.report_interval" default:"10s" desc:"service heartbeat interval (in a file: seconds)"`
-	ResourceInterval           time.Duration `env:"RESOURCE_INTERVAL" conf:"DEFAULT.update_resources_interval;zero_default" default:"60s" desc:"compute node refresh interval (in a file: seconds, 0 the default)"`
-	SchedulerSyncInterval      time.Duration `env:"SCHEDULER_SYNC_INTERVAL" conf:"DEFAULT.scheduler_instance_sync_interval;zero_default" default:"120s" desc:"instance list sent to the scheduler (in a file: seconds, 0 the default)"`
-	CPUAllocationRatio         float64       `env:"CPU_ALLOCATION_RATIO" conf:"DEFAULT.cpu_allocation_ratio" default:"0" desc:"VCPU allocation ratio; 0 keeps placement's"`
-	RAMAllocationRatio         float64       `env:"RAM_ALLOCATION_RATIO" conf:"DEFAULT.ram_allocation_ratio" default:"0" desc:"MEMORY_MB allocation ratio; 0 keeps placement's"`
-	DiskAllocationRatio        float64       `env:"DISK_ALLOCATION_RATIO" conf:"DEFAULT.disk_allocation_ratio" default:"0" desc:"DISK_GB allocation ratio; 0 keeps placement's"`
-	InitialCPUAllocationRatio  float64       `env:"INITIAL_CPU_ALLOCATION_RATIO" conf:"DEFAULT.initial_cpu_allocation_ratio" default:"16.0" desc:"VCPU ratio of a new node"`
-	InitialRAMAllocationRatio  float64       `env:"INITIAL_RAM_ALLOCATION_RATIO" conf:"DEFAULT.initial_ram_allocation_ratio" default:"1.5" desc:"MEMORY_MB ratio of a new node"`
-	InitialDiskAllocationRatio float64       `env:"INITIAL_DISK_ALLOCATION_RATIO" conf:"DEFAULT.initial_disk_allocation_ratio" default:"1.0" desc:"DISK_GB ratio of a new node"`
-	ReservedHostMemoryMB       int64         `env:"RESERVED_HOST_MEMORY_MB" conf:"DEFAULT.reserved_host_memory_mb" default:"512" desc:"memory kept for the host, MB"`
-	ReservedHostDiskMB         int64         `env:"RESERVED_HOST_DISK_MB" conf:"DEFAULT.reserved_host_disk_mb" default:"0" desc:"disk kept for the host, MB"`
-	ReservedHostCPUs           int64         `env:"RESERVED_HOST_CPUS" conf:"DEFAULT.reserved_host_cpus" default:"0" desc:"VCPUs kept for the host"`
+	CachePrefix                string        `envconfig:"CACHE_PREFIX" conf:"vmware.cache_prefix" desc:"image cache folder <prefix>_base on each datastore; default: my_ip, else the host name"`
+	MyIP                       string        `envconfig:"MY_IP" conf:"DEFAULT.my_ip" desc:"IP address reported as the compute nodes' host_ip"`
+	ReportInterval             time.Duration `envconfig:"REPORT_INTERVAL" conf:"DEFAULT.report_interval" default:"10s" desc:"service heartbeat interval (in a file: seconds)"`
+	ResourceInterval           time.Duration `envconfig:"RESOURCE_INTERVAL" conf:"DEFAULT.update_resources_interval;zero_default" default:"60s" desc:"compute node refresh interval (in a file: seconds, 0 the default)"`
+	SchedulerSyncInterval      time.Duration `envconfig:"SCHEDULER_SYNC_INTERVAL" conf:"DEFAULT.scheduler_instance_sync_interval;zero_default" default:"120s" desc:"instance list sent to the scheduler (in a file: seconds, 0 the default)"`
+	CPUAllocationRatio         float64       `envconfig:"CPU_ALLOCATION_RATIO" conf:"DEFAULT.cpu_allocation_ratio" default:"0" desc:"VCPU allocation ratio; 0 keeps placement's"`
+	RAMAllocationRatio         float64       `envconfig:"RAM_ALLOCATION_RATIO" conf:"DEFAULT.ram_allocation_ratio" default:"0" desc:"MEMORY_MB allocation ratio; 0 keeps placement's"`
+	DiskAllocationRatio        float64       `envconfig:"DISK_ALLOCATION_RATIO" conf:"DEFAULT.disk_allocation_ratio" default:"0" desc:"DISK_GB allocation ratio; 0 keeps placement's"`
+	InitialCPUAllocationRatio  float64       `envconfig:"INITIAL_CPU_ALLOCATION_RATIO" conf:"DEFAULT.initial_cpu_allocation_ratio" default:"16.0" desc:"VCPU ratio of a new node"`
+	InitialRAMAllocationRatio  float64       `envconfig:"INITIAL_RAM_ALLOCATION_RATIO" conf:"DEFAULT.initial_ram_allocation_ratio" default:"1.5" desc:"MEMORY_MB ratio of a new node"`
+	InitialDiskAllocationRatio float64       `envconfig:"INITIAL_DISK_ALLOCATION_RATIO" conf:"DEFAULT.initial_disk_allocation_ratio" default:"1.0" desc:"DISK_GB ratio of a new node"`
+	ReservedHostMemoryMB       int64         `envconfig:"RESERVED_HOST_MEMORY_MB" conf:"DEFAULT.reserved_host_memory_mb" default:"512" desc:"memory kept for the host, MB"`
+	ReservedHostDiskMB         int64         `envconfig:"RESERVED_HOST_DISK_MB" conf:"DEFAULT.reserved_host_disk_mb" default:"0" desc:"disk kept for the host, MB"`
+	ReservedHostCPUs           int64         `envconfig:"RESERVED_HOST_CPUS" conf:"DEFAULT.reserved_host_cpus" default:"0" desc:"VCPUs kept for the host"`
 
-	SimClusters        int `env:"SIM_CLUSTERS" default:"2" desc:"embedded simulator: number of clusters"`
-	SimHostsPerCluster int `env:"SIM_HOSTS_PER_CLUSTER" default:"3" desc:"embedded simulator: ESXi hosts per cluster"`
-	SimDatastores      int `env:"SIM_DATASTORES" default:"2" desc:"embedded simulator: shared datastores"`
+	SimClusters        int `envconfig:"SIM_CLUSTERS" default:"2" desc:"embedded simulator: number of clusters"`
+	SimHostsPerCluster int `envconfig:"SIM_HOSTS_PER_CLUSTER" default:"3" desc:"embedded simulator: ESXi hosts per cluster"`
+	SimDatastores      int `envconfig:"SIM_DATASTORES" default:"2" desc:"embedded simulator: shared datastores"`
 	// SimSessionTimeout ends idle simulator sessions, as vCenter's session
 	// timeout does (tests use it to exercise re-login).
-	SimSessionTimeout time.Duration `env:"SIM_SESSION_TIMEOUT" default:"0s" desc:"embedded simulator: idle session timeout (0: none)"`
+	SimSessionTimeout time.Duration `envconfig:"SIM_SESSION_TIMEOUT" default:"0s" desc:"embedded simulator: idle session timeout (0: none)"`
 
-	HTTPAddr string `env:"HTTP_ADDR" default:":9400" desc:"listen address of /metrics, /healthz and /readyz; empty turns them off"`
+	HTTPAddr string `envconfig:"HTTP_ADDR" default:":9400" desc:"listen address of /metrics, /healthz and /readyz; empty turns them off"`
 
-	LogLevel        string        `env:"LOG_LEVEL" conf:"DEFAULT.debug;debug" default:"info" desc:"trace, debug, info, warn or error (a file's debug = true is debug)"`
-	LogFormat       string        `env:"LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, JSON otherwise)"`
-	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" conf:"DEFAULT.graceful_shutdown_timeout" default:"60s" desc:"how long in-flight work may finish after SIGTERM (in a file: seconds)"`
+	LogLevel        string        `envconfig:"LOG_LEVEL" conf:"DEFAULT.debug;debug" default:"info" desc:"trace, debug, info, warn or error (a file's debug = true is debug)"`
+	LogFormat       string        `envconfig:"LOG_FORMAT" default:"auto" desc:"json, console, or auto (console on a terminal, JSON otherwise)"`
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" conf:"DEFAULT.graceful_shutdown_timeout" default:"60s" desc:"how long in-flight work may finish after SIGTERM (in a file: seconds)"`
 
-	MaxConcurrentBuilds int `env:"MAX_CONCURRENT_BUILDS" conf:"DEFAULT.max_concurrent_builds" default:"10" desc:"builds run at once, the others wait; 0: unlimited"`
-	VCenterMaxTasks     int `env:"VCENTER_MAX_TASKS" default:"16" desc:"vCenter tasks (create, power, copy...) the agent runs at once; more wait for a slot, so a burst never floods vCenter"`
+	MaxConcurrentBuilds int `envconfig:"MAX_CONCURRENT_BUILDS" conf:"DEFAULT.max_concurrent_builds" default:"10" desc:"builds run at once, the others wait; 0: unlimited"`
+	VCenterMaxTasks     int `envconfig:"VCENTER_MAX_TASKS" default:"16" desc:"vCenter tasks (create, power, copy...) the agent runs at once; more wait for a slot, so a burst never floods vCenter"`
 
-	NotificationDriver          string   `env:"NOTIFICATION_DRIVER" conf:"oslo_messaging_notifications.driver" desc:"messagingv2 or messaging sends notifications on the bus; empty or noop sends none (nova's default)"`
-	NotificationFormat          string   `env:"NOTIFICATION_FORMAT" conf:"notifications.notification_format" default:"unversioned" desc:"unversioned, versioned or both"`
-	NotificationTopics          []string `env:"NOTIFICATION_TOPICS" conf:"oslo_messaging_notifications.topics" default:"notifications" desc:"topics of the unversioned (legacy) notifications"`
-	VersionedNotificationTopics []string `env:"VERSIONED_NOTIFICATION_TOPICS" conf:"notifications.versioned_notifications_topics" default:"versioned_notifications" desc:"topics of the versioned notifications"`
+	NotificationDriver          string   `envconfig:"NOTIFICATION_DRIVER" conf:"oslo_messaging_notifications.driver" desc:"messagingv2 or messaging sends notifications on the bus; empty or noop sends none (nova's default)"`
+	NotificationFormat          string   `envconfig:"NOTIFICATION_FORMAT" conf:"notifications.notification_format" default:"unversioned" desc:"unversioned, versioned or both"`
+	NotificationTopics          []string `envconfig:"NOTIFICATION_TOPICS" conf:"oslo_messaging_notifications.topics" default:"notifications" desc:"topics of the unversioned (legacy) notifications"`
+	VersionedNotificationTopics []string `envconfig:"VERSIONED_NOTIFICATION_TOPICS" conf:"notifications.versioned_notifications_topics" default:"versioned_notifications" desc:"topics of the versioned notifications"`
 
 	// Derived by Load: parsed forms of the values above.
 	transport rpc.TransportURL
@@ -114,8 +118,7 @@ type Config struct {
 var ErrConfig = errors.New("configuration error")
 
 // LoadConfig reads and checks the configuration from the environment and
-// the files VCAGENT_CONFIG_FILE names: Load with no extra files and the
-// process environment.
+// the files VCAGENT_CONFIG_FILE names: Load with no extra files.
 func LoadConfig() (Config, error) { return Load(LoadOptions{}) }
 
 // badValue is a value finish refuses; Load turns it into an error naming
@@ -251,8 +254,6 @@ type LoadOptions struct {
 	// Files are INI files read after those VCAGENT_CONFIG_FILE names: the
 	// --config-file and --config-dir arguments, in order.
 	Files []string
-	// LookupEnv reads a variable; nil means os.LookupEnv.
-	LookupEnv func(string) (string, bool)
 }
 
 // configFileEnv is the setting naming the files; Load reads it first.
@@ -265,28 +266,26 @@ const configFileEnv = "CONFIG_FILE"
 // which override the defaults. An error names the variable, or the file,
 // section and option at fault.
 func Load(o LoadOptions) (Config, error) {
-	env := o.LookupEnv
-	if env == nil {
-		env = os.LookupEnv
-	}
 	c := Config{sources: map[string]string{}}
 	table, err := settingsTable()
+	if err != nil {
+		return c, err
+	}
+	env, set, err := processEnv(table)
 	if err != nil {
 		return c, err
 	}
 	v := reflect.ValueOf(&c).Elem()
 	for _, s := range table {
 		c.sources[s.env] = "default"
-		if s.hasDef {
-			if err := setFromEnv(v.FieldByIndex(s.index), s.def); err != nil {
-				return c, fmt.Errorf("%w: default of %s: %w", ErrConfig, s.envName(), err)
-			}
+		if !set[s.env] {
+			v.FieldByIndex(s.index).Set(env[s.env])
 		}
 	}
 
 	var paths, from []string
-	if raw, ok := env(EnvPrefix + "_" + configFileEnv); ok {
-		for _, p := range strings.Split(raw, ",") {
+	if set[configFileEnv] {
+		for _, p := range env[configFileEnv].Interface().([]string) {
 			if p = strings.TrimSpace(p); p != "" {
 				paths = append(paths, p)
 			}
@@ -338,19 +337,10 @@ func Load(o LoadOptions) (Config, error) {
 	c.unusedOpts = cf.unused()
 
 	for _, s := range table {
-		if s.env == configFileEnv {
+		if s.env == configFileEnv || !set[s.env] {
 			continue
 		}
-		raw, ok := env(s.envName())
-		if !ok {
-			continue
-		}
-		if err := setFromEnv(v.FieldByIndex(s.index), raw); err != nil {
-			if s.secret != "" {
-				return c, fmt.Errorf("%w: %s: invalid value", ErrConfig, s.envName())
-			}
-			return c, fmt.Errorf("%w: %s: %w", ErrConfig, s.envName(), err)
-		}
+		v.FieldByIndex(s.index).Set(env[s.env])
 		c.sources[s.env] = "env " + s.envName()
 		delete(origins, s.env)
 	}
@@ -368,6 +358,66 @@ func Load(o LoadOptions) (Config, error) {
 		c.sources["HOST"] = "default (the machine's host name)"
 	}
 	return c, nil
+}
+
+// processEnv reads the environment with envconfig: it returns, by env
+// name, every setting's value (its variable's, else its default) and
+// which variables are set, so that Load lets a variable override the
+// files but a default not.
+//
+// envconfig fills a scratch struct of the settings' types whose fields are
+// named after the variables and carry only the default tags: given
+// Config's envconfig tags, envconfig would fall back to the unprefixed
+// name (HOST, LOG_LEVEL...) when a VCAGENT_* variable is not set, reading
+// variables that are not vcagent's.
+func processEnv(table []setting) (map[string]reflect.Value, map[string]bool, error) {
+	ct := reflect.TypeFor[Config]()
+	fields := make([]reflect.StructField, len(table))
+	set := map[string]bool{}
+	for i, s := range table {
+		fields[i] = reflect.StructField{Name: s.env, Type: ct.FieldByIndex(s.index).Type}
+		if s.hasDef {
+			fields[i].Tag = reflect.StructTag("default:" + strconv.Quote(s.def))
+		}
+		_, set[s.env] = os.LookupEnv(s.envName())
+	}
+	scratch := reflect.New(reflect.StructOf(fields))
+	if err := envconfig.Process(EnvPrefix, scratch.Interface()); err != nil {
+		var pe *envconfig.ParseError
+		if !errors.As(err, &pe) {
+			return nil, nil, fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		i := slices.IndexFunc(table, func(s setting) bool { return s.env == pe.FieldName })
+		s, want := table[i], valueKind(fields[i].Type)
+		switch {
+		case !set[s.env]:
+			return nil, nil, fmt.Errorf("%w: default of %s: %q is not %s", ErrConfig, s.envName(), pe.Value, want)
+		case s.secret != "":
+			return nil, nil, bad(s.env, "invalid value")
+		}
+		return nil, nil, bad(s.env, "%q is not %s", pe.Value, want)
+	}
+	env := map[string]reflect.Value{}
+	for i, f := range fields {
+		env[f.Name] = scratch.Elem().Field(i)
+	}
+	return env, set, nil
+}
+
+// valueKind is what a variable of type t holds, for errors.
+func valueKind(t reflect.Type) string {
+	if t == reflect.TypeFor[time.Duration]() {
+		return "a duration such as 10s or 2m"
+	}
+	switch t.Kind() {
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	}
+	return "a " + t.String()
 }
 
 // Unused returns the options the files set that vcagent does not use, each

@@ -4,10 +4,11 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
-	t.Setenv("VCAGENT_HOST", "cmp1")
+	setEnv(t, map[string]string{"VCAGENT_HOST": "cmp1"})
 	c, err := LoadConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +34,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"VCAGENT_CLUSTERS", "a,,b"},
 		{"VCAGENT_SIM_CLUSTERS", "0"},
 	}
+	setEnv(t, nil)
 	for _, tc := range tests {
 		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
 			t.Setenv(tc.name, tc.value)
@@ -42,12 +44,42 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 			}
 		})
 	}
+	t.Run("the message says what the value must be", func(t *testing.T) {
+		for name, want := range map[string]string{
+			"VCAGENT_SHUTDOWN_TIMEOUT":     `VCAGENT_SHUTDOWN_TIMEOUT: "soon" is not a duration such as 10s or 2m`,
+			"VCAGENT_VCENTER_INSECURE":     `VCAGENT_VCENTER_INSECURE: "soon" is not a boolean`,
+			"VCAGENT_SIM_CLUSTERS":         `VCAGENT_SIM_CLUSTERS: "soon" is not an integer`,
+			"VCAGENT_CPU_ALLOCATION_RATIO": `VCAGENT_CPU_ALLOCATION_RATIO: "soon" is not a number`,
+		} {
+			t.Run(name, func(t *testing.T) {
+				t.Setenv(name, "soon")
+				if _, err := LoadConfig(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
+					t.Fatalf("error %v, want %q", err, want)
+				}
+			})
+		}
+	})
 	t.Run("vCenter user required", func(t *testing.T) {
 		t.Setenv("VCAGENT_VCENTER_URL", "https://vc/sdk")
 		if _, err := LoadConfig(); err == nil || !strings.Contains(err.Error(), "VCAGENT_VCENTER_USER") {
 			t.Fatalf("got %v", err)
 		}
 	})
+}
+
+// TestOnlyPrefixedVariables: envconfig falls back to a variable's name
+// without the prefix; Load reads only the VCAGENT_* variables.
+func TestOnlyPrefixedVariables(t *testing.T) {
+	setEnv(t, map[string]string{"VCAGENT_HOST": "cmp1"})
+	t.Setenv("REPORT_INTERVAL", "not a duration")
+	t.Setenv("CONTROL_EXCHANGE", "other")
+	c, err := LoadConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ReportInterval != 10*time.Second || c.ControlExchange != "nova" {
+		t.Fatalf("report interval %s, control exchange %q", c.ReportInterval, c.ControlExchange)
+	}
 }
 
 func TestUsageListsEveryVariable(t *testing.T) {

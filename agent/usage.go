@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
 	"net/url"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +28,10 @@ type setting struct {
 
 func (s setting) envName() string { return EnvPrefix + "_" + s.env }
 
+// validEnvName is what a variable's name without the prefix may be (an
+// exported Go identifier: processEnv names a field after it).
+var validEnvName = regexp.MustCompile(`^[A-Z][A-Z0-9_]*$`)
+
 // knownConfMode tells the modes a conf tag may name after ";":
 //
 //   - multi: a MultiStrOpt, every occurrence in every file is one element;
@@ -46,11 +52,11 @@ func knownConfMode(mode string) bool {
 	return false
 }
 
-// settingsTable reads the table from Config's tags. A field without an
-// env tag uses its envconfig tag, else its upper-cased name; env:"-" and
-// unexported fields are no settings.
+// settingsTable reads the table from Config's tags. Every exported field
+// is a setting; its variable is named as envconfig names it: VCAGENT_ and
+// the upper-cased envconfig tag, else the upper-cased field name.
 func settingsTable() ([]setting, error) {
-	t := reflect.TypeOf(Config{})
+	t := reflect.TypeFor[Config]()
 	var out []setting
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -58,15 +64,9 @@ func settingsTable() ([]setting, error) {
 			continue
 		}
 		s := setting{index: f.Index, desc: f.Tag.Get("desc"), secret: f.Tag.Get("secret")}
-		s.env = f.Tag.Get("env")
-		if s.env == "" {
-			s.env = f.Tag.Get("envconfig")
-		}
-		if s.env == "" {
-			s.env = strings.ToUpper(f.Name)
-		}
-		if s.env == "-" {
-			continue
+		s.env = strings.ToUpper(cmp.Or(f.Tag.Get("envconfig"), f.Name))
+		if !validEnvName.MatchString(s.env) {
+			return nil, fmt.Errorf("%w: field %s: %q is not a variable name", ErrConfig, f.Name, s.env)
 		}
 		s.def, s.hasDef = f.Tag.Lookup("default")
 		if conf := f.Tag.Get("conf"); conf != "" {
@@ -89,68 +89,6 @@ func settingsTable() ([]setting, error) {
 		out = append(out, s)
 	}
 	return out, nil
-}
-
-// setFromEnv sets v from a variable's (or a default's) text: Go durations
-// ("10s"), strconv's booleans, comma-separated lists.
-func setFromEnv(v reflect.Value, raw string) error {
-	if v.Type() == reflect.TypeFor[time.Duration]() {
-		d, err := time.ParseDuration(raw)
-		if err != nil {
-			return fmt.Errorf("%q is not a duration such as 10s or 2m", raw)
-		}
-		v.SetInt(int64(d))
-		return nil
-	}
-	switch v.Kind() {
-	case reflect.String:
-		v.SetString(raw)
-	case reflect.Bool:
-		b, err := strconv.ParseBool(raw)
-		if err != nil {
-			return fmt.Errorf("%q is not a boolean", raw)
-		}
-		v.SetBool(b)
-	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
-		n, err := strconv.ParseInt(raw, 0, v.Type().Bits())
-		if err != nil {
-			return fmt.Errorf("%q is not an integer", raw)
-		}
-		v.SetInt(n)
-	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
-		n, err := strconv.ParseUint(raw, 0, v.Type().Bits())
-		if err != nil {
-			return fmt.Errorf("%q is not a non-negative integer", raw)
-		}
-		v.SetUint(n)
-	case reflect.Float32, reflect.Float64:
-		f, err := strconv.ParseFloat(raw, v.Type().Bits())
-		if err != nil {
-			return fmt.Errorf("%q is not a number", raw)
-		}
-		v.SetFloat(f)
-	case reflect.Slice:
-		var parts []string
-		if strings.TrimSpace(raw) != "" {
-			parts = strings.Split(raw, ",")
-		}
-		return setSlice(v, parts, setFromEnv)
-	default:
-		return fmt.Errorf("unsupported type %s", v.Type())
-	}
-	return nil
-}
-
-// setSlice sets the slice v to the elements parts, each set by set.
-func setSlice(v reflect.Value, parts []string, set func(reflect.Value, string) error) error {
-	sl := reflect.MakeSlice(v.Type(), len(parts), len(parts))
-	for i, p := range parts {
-		if err := set(sl.Index(i), p); err != nil {
-			return err
-		}
-	}
-	v.Set(sl)
-	return nil
 }
 
 // formatValue is the text of a setting's value, in the syntax of its

@@ -205,6 +205,9 @@ func TestComputeJoinsRealControlPlane(t *testing.T) {
 		`vcagent_vcenter_calls_total{method="RetrievePropertiesEx",result="ok"}`,
 		`vcagent_amqp_publishes_total{kind="call",result="confirmed"}`,
 		`vcagent_amqp_connection_up{purpose="listen"} 1`,
+		"vcagent_vcenter_tasks_in_flight 0",
+		"vcagent_compute_builds_queued 0",
+		"vcagent_compute_builds_running 0",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -136,6 +136,13 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 	}, nil
 }
 
+// BuildsQueued returns how many builds wait for a slot
+// (max_concurrent_builds), for metrics.
+func (m *Manager) BuildsQueued() float64 { return float64(m.life.builds.queued()) }
+
+// BuildsRunning returns how many builds hold a slot, for metrics.
+func (m *Manager) BuildsRunning() float64 { return float64(m.life.builds.running()) }
+
 // Run starts the role as nova-compute starts, and serves until ctx ends:
 // wait for conductor, register the service, report the nodes, serve RPC,
 // then heartbeat and refresh periodically. On return every goroutine it

@@ -75,6 +75,13 @@ func New(log zerolog.Logger) *Ops {
 // Registry is where a role registers metrics of its own.
 func (o *Ops) Registry() prometheus.Registerer { return o.reg }
 
+// GaugeFunc registers a gauge read from f at each scrape, for values a
+// role already keeps (tasks in flight, queued builds), so that the role
+// needs no metrics library of its own.
+func (o *Ops) GaugeFunc(name, help string, f func() float64) {
+	o.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+}
+
 // SetReady records whether a component is ready; reason says why not.
 func (o *Ops) SetReady(component string, ready bool, reason string) {
 	o.mu.Lock()
