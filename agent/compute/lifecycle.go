@@ -406,11 +406,8 @@ func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (
 // BuildAbortException: a bad image, a flavor too small) from those worth a
 // reschedule (RescheduledException: anything else the hypervisor raised).
 func isBuildAbort(err error) bool {
-	return errors.Is(err, vcenter.ErrUnsupportedDiskKind) || errors.Is(err, errImageUnacceptable)
+	return errors.Is(err, vcenter.ErrUnsupportedDiskKind) || errors.Is(err, vcenter.ErrInvalidImage)
 }
-
-// errImageUnacceptable marks an image the VMware driver cannot boot.
-var errImageUnacceptable = errors.New("image unacceptable")
 
 // cleanupFailedBuild removes what the build left in vCenter: the VM and
 // its folder on the datastore.

@@ -5,10 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vcagent/vcagent/drivers/vcenter/vmdk"
 )
+
+// ErrInvalidImage reports an image whose bytes are malformed, truncated or
+// hostile (the cause, such as vmdk.ErrInvalid, stays in the chain): fetching
+// it again cannot help.
+var ErrInvalidImage = errors.New("invalid disk image")
 
 // DefaultTempFolder is the datastore folder ImageCache stages downloads in,
 // as nova's VMware driver does ("vmware_temp").
@@ -41,6 +49,9 @@ type ImageCache struct {
 	folder string
 	temp   string
 
+	limits   vmdk.Limits // bounds on sparse and streamOptimized images
+	spoolDir string      // local folder for conversions that cannot stream ("": os.TempDir)
+
 	mu      sync.Mutex
 	flights map[cacheKey]*cacheFlight
 }
@@ -60,7 +71,8 @@ func NewImageCache(s *Session, folder string) (*ImageCache, error) {
 	if err := checkName("cache folder", folder, true); err != nil {
 		return nil, err
 	}
-	return &ImageCache{s: s, folder: strings.Trim(folder, "/"), temp: DefaultTempFolder, flights: make(map[cacheKey]*cacheFlight)}, nil
+	return &ImageCache{s: s, folder: strings.Trim(folder, "/"), temp: DefaultTempFolder, limits: vmdk.DefaultLimits,
+		flights: make(map[cacheKey]*cacheFlight)}, nil
 }
 
 // checkName rejects names that would escape their folder or break a
@@ -102,15 +114,26 @@ func (ic *ImageCache) Path(ds, imageID string) DatastorePath {
 // the image, and the second move finds the image in place and succeeds.
 //
 // Supported kinds: DiskKindPreallocated and DiskKindThin (the image is the
-// raw flat extent; fetch's size must be exact and positive). Sparse and
-// streamOptimized images fail with ErrUnsupportedDiskKind.
+// raw flat extent; fetch's size must be exact and positive), and
+// DiskKindSparse and DiskKindStreamOptimized (a monolithicSparse or
+// streamOptimized VMDK, told apart by its header whichever of the two is
+// named): these are converted to a flat extent while they stream from fetch
+// to the datastore, and cached as thin disks. fetch's size then only bounds
+// the image (0 when unknown). A sparse image whose grains do not lie in disk
+// order in the file is converted into a local temporary file first; a
+// streamOptimized one that turns out to be out of order is fetched a second
+// time into such a file. A malformed image fails with an error wrapping
+// ErrInvalidImage before or while it is written, a valid one of a variant
+// not handled with ErrUnsupportedDiskKind; either way nothing is left in
+// the cache or the staging folder. Other kinds fail with
+// ErrUnsupportedDiskKind.
 //
 // Cost when the image is cached: one HTTP HEAD, no SOAP call. When it is
 // not: MakeDirectory ×2, CreateVirtualDisk_Task, DeleteDatastoreFile_Task ×2,
 // MoveDatastoreFile_Task (each task plus its wait, usually 1-2
 // RetrievePropertiesEx), one HTTP HEAD and one HTTP PUT of the extent:
 // 10 SOAP round trips against vcsim (11 the first time the Session uses
-// dc), whatever the number of concurrent callers.
+// dc), whatever the number of concurrent callers and the kind.
 func (ic *ImageCache) Ensure(ctx context.Context, dc, ds, imageID string, fetch FetchFunc, kind DiskKind) (DatastorePath, error) {
 	op := fmt.Sprintf("cache image %s on %s", imageID, ds)
 	if err := checkName("image id", imageID, false); err != nil {
@@ -120,7 +143,7 @@ func (ic *ImageCache) Ensure(ctx context.Context, dc, ds, imageID string, fetch 
 		return DatastorePath{}, wrapErr(op, fmt.Errorf("%w: bad datastore name %q", ErrInvalidConfig, ds))
 	}
 	switch kind {
-	case DiskKindPreallocated, DiskKindThin:
+	case DiskKindPreallocated, DiskKindThin, DiskKindSparse, DiskKindStreamOptimized:
 	default:
 		return DatastorePath{}, fmt.Errorf("vcenter: %s: %w: %q", op, ErrUnsupportedDiskKind, kind)
 	}
@@ -173,8 +196,23 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 		return DatastorePath{}, fmt.Errorf("vcenter: %s: fetch: %w", op, err)
 	}
 	defer func() { _ = rc.Close() }()
-	if size <= 0 {
-		return DatastorePath{}, wrapErr(op, fmt.Errorf("fetch returned size %d; a flat image needs its exact size", size))
+
+	// The image's header (and a sparse image's grain tables) are read and
+	// checked before anything is created on the datastore.
+	var ext extent
+	switch kind {
+	case DiskKindSparse, DiskKindStreamOptimized:
+		im, err := vmdk.Open(rc, size, ic.limits)
+		if err != nil {
+			return DatastorePath{}, imageErr(op, err)
+		}
+		ext = ic.convertedExtent(op, im, rc, fetch)
+		kind = DiskKindThin
+	default:
+		if size <= 0 {
+			return DatastorePath{}, wrapErr(op, fmt.Errorf("fetch returned size %d; a flat image needs its exact size", size))
+		}
+		ext = ic.flatExtent(op, rc, size)
 	}
 
 	start := time.Now()
@@ -197,18 +235,15 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 	}
 	// As nova does: let vSphere write a descriptor of the right capacity,
 	// then replace its extent with the image.
-	if err := s.CreateVirtualDisk(ctx, dc, desc, (size+1023)/1024, kind); err != nil {
+	if err := s.CreateVirtualDisk(ctx, dc, desc, (ext.size+1023)/1024, kind); err != nil {
 		return DatastorePath{}, err
 	}
 	if err := s.DeleteDatastoreFile(ctx, dc, flat); err != nil {
 		return DatastorePath{}, err
 	}
-	cr := &countingReader{r: rc}
-	if err := s.Upload(ctx, dc, flat, cr, size); err != nil {
+	how, err := ext.upload(ctx, dc, flat)
+	if err != nil {
 		return DatastorePath{}, err
-	}
-	if cr.n != size {
-		return DatastorePath{}, wrapErr(op, fmt.Errorf("image has %d bytes, fetch announced %d", cr.n, size))
 	}
 	if err := s.MakeDirectory(ctx, dc, DatastorePath{Datastore: ds, Path: ic.folder}); err != nil {
 		return DatastorePath{}, err
@@ -229,8 +264,8 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 	if err != nil {
 		return DatastorePath{}, err
 	}
-	s.log.Info().Str("image", imageID).Str("path", cached.String()).Int64("bytes", size).
-		Dur("took", time.Since(start)).Msg("cached image on datastore")
+	s.log.Info().Str("image", imageID).Str("path", cached.String()).Int64("bytes", ext.size).
+		Str("how", how).Dur("took", time.Since(start)).Msg("cached image on datastore")
 	return cached, nil
 }
 
@@ -244,4 +279,119 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// extent is the flat extent an image becomes: its size, known before the
+// upload starts, and how to write it to the datastore.
+type extent struct {
+	size int64
+	// upload writes the extent to the datastore file dst and says how it
+	// went about it, for the log.
+	upload func(ctx context.Context, dc string, dst DatastorePath) (string, error)
+}
+
+// flatExtent uploads a flat image as it is.
+func (ic *ImageCache) flatExtent(op string, r io.Reader, size int64) extent {
+	return extent{size: size, upload: func(ctx context.Context, dc string, dst DatastorePath) (string, error) {
+		cr := &countingReader{r: r}
+		if err := ic.s.Upload(ctx, dc, dst, cr, size); err != nil {
+			return "", err
+		}
+		if cr.n != size {
+			return "", wrapErr(op, fmt.Errorf("image has %d bytes, fetch announced %d", cr.n, size))
+		}
+		return "flat", nil
+	}}
+}
+
+// convertedExtent converts a sparse or streamOptimized image, read from
+// src, to its flat extent on the way to the datastore.
+func (ic *ImageCache) convertedExtent(op string, im *vmdk.Image, src io.Closer, fetch FetchFunc) extent {
+	return extent{size: im.Size(), upload: func(ctx context.Context, dc string, dst DatastorePath) (string, error) {
+		how := fmt.Sprintf("%s converted", im.Format())
+		if !im.Ordered() {
+			return how + " through a local file", ic.uploadSpooled(ctx, op, dc, dst, im)
+		}
+		err := ic.uploadStreamed(ctx, op, dc, dst, im, src)
+		if !errors.Is(err, vmdk.ErrOutOfOrder) {
+			return how + " as it streamed", err
+		}
+		// Only a streamOptimized image shows this late, when its start has
+		// gone by: it is read again, into a file that takes grains in any
+		// order.
+		ic.s.log.Info().Str("path", dst.String()).Err(err).Msg("image grains out of disk order; fetching it again to convert through a local file")
+		rc, size, err := fetch(ctx)
+		if err != nil {
+			return "", fmt.Errorf("vcenter: %s: fetch again: %w", op, err)
+		}
+		defer func() { _ = rc.Close() }()
+		again, err := vmdk.Open(rc, size, ic.limits)
+		if err != nil {
+			return "", imageErr(op, err)
+		}
+		if again.Size() != im.Size() {
+			return "", fmt.Errorf("vcenter: %s: %w: capacity changed between two fetches (%d, then %d bytes)", op, ErrInvalidImage, im.Size(), again.Size())
+		}
+		return how + " through a local file, fetched twice", ic.uploadSpooled(ctx, op, dc, dst, again)
+	}}
+}
+
+// errUploadEnded stops a conversion whose upload has ended.
+var errUploadEnded = errors.New("upload ended")
+
+// uploadStreamed converts im, read from src, into the body of the upload of
+// dst, so only a grain or so of the image is in memory at a time.
+func (ic *ImageCache) uploadStreamed(ctx context.Context, op, dc string, dst DatastorePath, im *vmdk.Image, src io.Closer) error {
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := im.Convert(ctx, pw)
+		_ = pw.CloseWithError(err)
+		done <- err
+	}()
+	uerr := ic.s.Upload(ctx, dc, dst, pr, im.Size())
+	// Unblocks the conversion if the upload gave up early, whether it
+	// waits to write or to read a stalled image stream.
+	_ = pr.CloseWithError(errUploadEnded)
+	if uerr != nil {
+		_ = src.Close()
+	}
+	// The conversion's failure is the cause of the upload's.
+	if cerr := <-done; cerr != nil && !errors.Is(cerr, errUploadEnded) {
+		return imageErr(op, cerr)
+	}
+	return uerr
+}
+
+// uploadSpooled converts im into a local temporary file, which keeps holes
+// for zero grains, and uploads that.
+func (ic *ImageCache) uploadSpooled(ctx context.Context, op, dc string, dst DatastorePath, im *vmdk.Image) error {
+	f, err := os.CreateTemp(ic.spoolDir, "vcagent-image-*.vmdk")
+	if err != nil {
+		return wrapErr(op, fmt.Errorf("spool file: %w", err))
+	}
+	// Unlinked at once: the open file is all that needs it, and a crash
+	// leaves nothing behind.
+	_ = os.Remove(f.Name())
+	defer func() { _ = f.Close() }()
+	if err := im.ConvertAt(ctx, f); err != nil {
+		return imageErr(op, err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return wrapErr(op, fmt.Errorf("spool file: %w", err))
+	}
+	return ic.s.Upload(ctx, dc, dst, f, im.Size())
+}
+
+// imageErr wraps a conversion error, adding this package's sentinel for
+// faults of the image.
+func imageErr(op string, err error) error {
+	switch {
+	case errors.Is(err, vmdk.ErrInvalid):
+		return fmt.Errorf("vcenter: %s: %w: %w", op, ErrInvalidImage, err)
+	case errors.Is(err, vmdk.ErrUnsupported):
+		return fmt.Errorf("vcenter: %s: %w: %w", op, ErrUnsupportedDiskKind, err)
+	default:
+		return wrapErr(op, err)
+	}
 }

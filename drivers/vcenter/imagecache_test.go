@@ -5,11 +5,15 @@ import (
 	"context"
 	"errors"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vcagent/vcagent/drivers/vcenter/vmdk"
+	"github.com/vcagent/vcagent/drivers/vcenter/vmdk/vmdktest"
 )
 
 // fetchBytes returns a FetchFunc serving data, counting its calls in n
@@ -232,7 +236,7 @@ func TestImageCacheRejects(t *testing.T) {
 		t.Fatal(err)
 	}
 	var n atomic.Int64
-	for _, kind := range []DiskKind{DiskKindSparse, DiskKindStreamOptimized, "iso"} {
+	for _, kind := range []DiskKind{"iso", "raw", ""} {
 		if _, err := ic.Ensure(t.Context(), simDC, simDS, "img", fetchBytes([]byte("x"), &n), kind); !errors.Is(err, ErrUnsupportedDiskKind) {
 			t.Errorf("kind %q: %v, want ErrUnsupportedDiskKind", kind, err)
 		}
@@ -282,3 +286,139 @@ func TestImageCacheRace(t *testing.T) {
 		t.Errorf("Ensure with an empty cache folder in the way: %v, want ErrFileExists", err)
 	}
 }
+
+// TestImageCacheVMDK caches sparse and streamOptimized images and checks
+// that the cache holds their flat disk, byte for byte, as a descriptor and
+// a -flat.vmdk extent like a flat image's.
+func TestImageCacheVMDK(t *testing.T) {
+	t.Parallel()
+	s := fileSession(t)
+	ctx := t.Context()
+	ic, err := NewImageCache(s, "v_base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic.spoolDir = t.TempDir()
+	raw := vmdktest.Raw(6<<20 + 192<<10)
+	for _, tc := range []struct {
+		name    string
+		img     []byte
+		kind    DiskKind
+		fetches int64
+	}{
+		{"monolithicSparse", vmdktest.Qemu(t, raw, "monolithicSparse"), DiskKindSparse, 1},
+		{"streamOptimized", vmdktest.Qemu(t, raw, "streamOptimized"), DiskKindStreamOptimized, 1},
+		{"streamOptimized named sparse", vmdktest.Qemu(t, raw, "streamOptimized"), DiskKindSparse, 1},
+		{"VMware streamOptimized", vmdktest.Stream(raw, 128, false, false), DiskKindStreamOptimized, 1},
+		{"sparse, grains out of order", vmdktest.Sparse(raw, 16, 64, true), DiskKindSparse, 1},
+		{"streamOptimized, grains out of order", vmdktest.Stream(raw, 8, true, false), DiskKindStreamOptimized, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := strings.NewReplacer(" ", "-", ",", "").Replace(tc.name)
+			var n atomic.Int64
+			var p DatastorePath
+			calls := measure(t, s, "Ensure "+tc.name, func() (err error) {
+				p, err = ic.Ensure(ctx, simDC, simDS, id, fetchBytes(tc.img, &n), tc.kind)
+				return err
+			})
+			if p != ic.Path(simDS, id) || n.Load() != tc.fetches {
+				t.Errorf("Ensure: %s after %d fetches; want %s after %d", p, n.Load(), ic.Path(simDS, id), tc.fetches)
+			}
+			if calls["CreateVirtualDisk_Task"] != 1 || calls["MoveDatastoreFile_Task"] != 1 {
+				t.Errorf("SOAP calls %v", calls)
+			}
+			flat, err := s.Download(ctx, simDC, p.Dir().Join(id+"-flat.vmdk"), 16<<20)
+			if err != nil || !bytes.Equal(flat, raw) {
+				t.Errorf("cached extent: %d bytes, %v; equal to the raw disk: %v", len(flat), err, bytes.Equal(flat, raw))
+			}
+			if kb, err := s.VirtualDiskCapacityKB(ctx, simDC, p); err != nil || kb != int64(len(raw)>>10) {
+				t.Errorf("cached capacity = %d KiB, %v; want %d", kb, err, len(raw)>>10)
+			}
+			if !stagingEmpty(t, s) {
+				t.Error("staging folder not cleaned up")
+			}
+			if left, _ := os.ReadDir(ic.spoolDir); len(left) != 0 {
+				t.Errorf("spool files left: %v", left)
+			}
+		})
+	}
+}
+
+// TestImageCacheVMDKRejects feeds bad images: each fails with the error the
+// caller can branch on, and nothing is left on the datastore.
+func TestImageCacheVMDKRejects(t *testing.T) {
+	t.Parallel()
+	s := fileSession(t)
+	ctx := t.Context()
+	ic, err := NewImageCache(s, "r_base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic.spoolDir = t.TempDir()
+	raw := vmdktest.Raw(6 << 20)
+	sparse := vmdktest.Qemu(t, raw, "monolithicSparse")
+	stream := vmdktest.Qemu(t, raw, "streamOptimized")
+	firstGrain := 128 * 512                      // qemu-img's metadata
+	vmw := vmdktest.Stream(raw, 8, false, false) // many small grains, no padding
+	unknownSize := func(img []byte) FetchFunc {
+		return func(context.Context) (io.ReadCloser, int64, error) { return io.NopCloser(bytes.NewReader(img)), 0, nil }
+	}
+	boom := errors.New("connection to image service reset")
+	for _, tc := range []struct {
+		name    string
+		fetch   FetchFunc
+		kind    DiskKind
+		want    error
+		notWant error
+		touches bool // whether the failure comes after the datastore work began
+	}{
+		{"a flat image named sparse", fetchBytes(raw, nil), DiskKindSparse, ErrInvalidImage, nil, false},
+		{"an ESX COWD image", fetchBytes(append([]byte("COWD"), make([]byte, 1020)...), nil), DiskKindSparse, ErrUnsupportedDiskKind, nil, false},
+		{"a header only", fetchBytes(stream[:512], nil), DiskKindStreamOptimized, ErrInvalidImage, nil, false},
+		{"sparse cut in the grains, size announced", fetchBytes(sparse[:len(sparse)/2], nil), DiskKindSparse, ErrInvalidImage, nil, false},
+		{"sparse cut in the grains, size unknown", unknownSize(sparse[:len(sparse)-4096]), DiskKindSparse, ErrInvalidImage, nil, true},
+		{"streamOptimized cut in the first grain", fetchBytes(stream[:firstGrain+2048], nil), DiskKindStreamOptimized, ErrInvalidImage, nil, true},
+		{"streamOptimized cut in the grains", fetchBytes(vmw[:len(vmw)/2], nil), DiskKindStreamOptimized, ErrInvalidImage, nil, true},
+		{"streamOptimized with a corrupt grain", fetchBytes(func() []byte {
+			b := bytes.Clone(vmw)
+			for i := len(b) / 2; i < len(b)/2+2048; i++ {
+				b[i] ^= 0x5a
+			}
+			return b
+		}(), nil), DiskKindStreamOptimized, ErrInvalidImage, nil, true},
+		{"connection reset", func(context.Context) (io.ReadCloser, int64, error) {
+			return io.NopCloser(io.MultiReader(bytes.NewReader(vmw[:len(vmw)/2]), &errReader{boom})), int64(len(vmw)), nil
+		}, DiskKindStreamOptimized, boom, ErrInvalidImage, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := strings.ReplaceAll(strings.ReplaceAll(tc.name, " ", "-"), ",", "")
+			var p DatastorePath
+			before := s.Calls()
+			p, err := ic.Ensure(ctx, simDC, simDS, id, tc.fetch, tc.kind)
+			calls := delta(before, s.Calls())
+			t.Logf("%v (SOAP calls %v)", err, calls)
+			if !errors.Is(err, tc.want) || (tc.notWant != nil && errors.Is(err, tc.notWant)) {
+				t.Fatalf("Ensure: %s, %v; want %v", p, err, tc.want)
+			}
+			if !errors.Is(err, ErrInvalidImage) && errors.Is(err, vmdk.ErrInvalid) {
+				t.Errorf("vmdk.ErrInvalid without ErrInvalidImage: %v", err)
+			}
+			if began := calls["CreateVirtualDisk_Task"] > 0; began != tc.touches {
+				t.Errorf("datastore touched: %v, want %v", began, tc.touches)
+			}
+			if ok, err := s.FileExists(ctx, simDC, ic.Path(simDS, id).Dir()); ok || err != nil {
+				t.Errorf("cache folder after a failure: %v, %v", ok, err)
+			}
+			// The simulator may still be writing the aborted upload when
+			// the staging folder is deleted.
+			waitFor(t, 5*time.Second, "the staging folder to be empty", func() bool { return stagingEmpty(t, s) })
+			if left, _ := os.ReadDir(ic.spoolDir); len(left) != 0 {
+				t.Errorf("spool files left: %v", left)
+			}
+		})
+	}
+}
+
+type errReader struct{ err error }
+
+func (r *errReader) Read([]byte) (int, error) { return 0, r.err }
