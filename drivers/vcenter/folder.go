@@ -72,7 +72,7 @@ func (s *Session) EnsureFolderPath(ctx context.Context, datacenter string, path 
 func (s *Session) createFolder(ctx context.Context, c *vim25.Client, parent types.ManagedObjectReference, name string) (types.ManagedObjectReference, error) {
 	res, err := methods.CreateFolder(ctx, c, &types.CreateFolder{This: parent, Name: name})
 	if err == nil {
-		s.log.Info().Str("folder", name).Str("parent", parent.Value).Str("ref", res.Returnval.Value).Msg("created folder")
+		s.logFor(ctx).Info().Str("folder", name).Str("parent", parent.Value).Str("ref", res.Returnval.Value).Msg("created folder")
 		return res.Returnval, nil
 	}
 	var dup *types.DuplicateName

@@ -1,9 +1,14 @@
 package vcenter
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"maps"
+	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
@@ -105,6 +110,33 @@ func TestEnsureFolderPathRace(t *testing.T) {
 		}
 		if !maps.Equal(d, tt.wantCalls) {
 			t.Errorf("%s: calls = %v, want %v", tt.name, d, tt.wantCalls)
+		}
+	}
+}
+
+// TestRequestLoggerCarriesRequestIDs checks that what the driver logs for a
+// request goes through the request's logger (its ids) and names the vCenter,
+// while work without one uses the session's logger.
+func TestRequestLoggerCarriesRequestIDs(t *testing.T) {
+	t.Parallel()
+	sim := startSim(t, SimulatorConfig{Clusters: 1, HostsPerCluster: 1, Datastores: 1})
+	s := login(t, simConfig(sim))
+	var buf bytes.Buffer
+	reqLog := zerolog.New(&buf).With().Str("request_id", "req-42").Str("instance_uuid", "u-1").Logger()
+	if _, err := s.EnsureFolderPath(reqLog.WithContext(t.Context()), "DC0", "OpenStack", "Project (logs)"); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("request log has %d lines, want one per created folder:\n%s", len(lines), buf.String())
+	}
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m["request_id"] != "req-42" || m["instance_uuid"] != "u-1" || m["vcenter"] == nil || m["message"] != "created folder" {
+			t.Errorf("log line %v", m)
 		}
 	}
 }

@@ -223,7 +223,7 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
 		if err := s.DeleteDatastoreFile(cctx, dc, stage); err != nil {
-			s.log.Warn().Err(err).Str("path", stage.String()).Msg("cannot remove image staging folder")
+			s.logFor(ctx).Warn().Err(err).Str("path", stage.String()).Msg("cannot remove image staging folder")
 		}
 	}()
 
@@ -264,7 +264,7 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 	if err != nil {
 		return DatastorePath{}, err
 	}
-	s.log.Info().Str("image", imageID).Str("path", cached.String()).Int64("bytes", ext.size).
+	s.logFor(ctx).Info().Str("image", imageID).Str("path", cached.String()).Int64("bytes", ext.size).
 		Str("how", how).Dur("took", time.Since(start)).Msg("cached image on datastore")
 	return cached, nil
 }
@@ -319,7 +319,7 @@ func (ic *ImageCache) convertedExtent(op string, im *vmdk.Image, src io.Closer, 
 		// Only a streamOptimized image shows this late, when its start has
 		// gone by: it is read again, into a file that takes grains in any
 		// order.
-		ic.s.log.Info().Str("path", dst.String()).Err(err).Msg("image grains out of disk order; fetching it again to convert through a local file")
+		ic.s.logFor(ctx).Info().Str("path", dst.String()).Err(err).Msg("image grains out of disk order; fetching it again to convert through a local file")
 		rc, size, err := fetch(ctx)
 		if err != nil {
 			return "", fmt.Errorf("vcenter: %s: fetch again: %w", op, err)

@@ -376,3 +376,16 @@ func compareVersions(a, b string) int {
 	}
 	return 0
 }
+
+// logFor returns the logger for work done on behalf of ctx: the request's
+// own logger when ctx carries one (zerolog.Ctx), so that every line of a
+// request carries its request ids and instance, with the vCenter named;
+// otherwise the session's logger.
+func (s *Session) logFor(ctx context.Context) *zerolog.Logger {
+	l := zerolog.Ctx(ctx)
+	if l.GetLevel() == zerolog.Disabled {
+		return &s.log
+	}
+	ll := l.With().Str("vcenter", s.url.Host).Logger()
+	return &ll
+}

@@ -212,7 +212,7 @@ func (s *Session) CreateVM(ctx context.Context, spec VMSpec) (VM, error) {
 	if err != nil {
 		return VM{}, wrapErr(op, err)
 	}
-	s.log.Info().Str("vm", ref.Value).Str("name", spec.Name).Str("instance_uuid", vm.InstanceUUID).
+	s.logFor(ctx).Info().Str("vm", ref.Value).Str("name", spec.Name).Str("instance_uuid", vm.InstanceUUID).
 		Str("host", vm.Host.Value).Msg("created vm")
 	return vm, nil
 }
@@ -244,7 +244,7 @@ func (s *Session) FindVMByInstanceUUID(ctx context.Context, uuid string) (VM, er
 	case n == 0:
 		return VM{}, wrapErr(op, ErrNotFound)
 	case n > 1:
-		s.log.Warn().Str("instance_uuid", uuid).Int("vms", n).Msg("several vms share an instance uuid; using the first")
+		s.logFor(ctx).Warn().Str("instance_uuid", uuid).Int("vms", n).Msg("several vms share an instance uuid; using the first")
 	}
 	vm, err := s.readVM(ctx, c, res.Returnval[0])
 	if err != nil {
@@ -528,11 +528,11 @@ func (s *Session) Destroy(ctx context.Context, vm Ref) error {
 		}
 		return wrapVMErr(op, err)
 	}
-	s.log.Info().Str("vm", vm.Value).Str("name", v.Name).Msg("unregistered vm")
+	s.logFor(ctx).Info().Str("vm", vm.Value).Str("name", v.Name).Msg("unregistered vm")
 
 	dir, ok := vmDirectory(v.VMPathName)
 	if !ok {
-		s.log.Warn().Str("vm", vm.Value).Str("path", v.VMPathName).Msg("vm files are not in a directory of their own; not deleting them")
+		s.logFor(ctx).Warn().Str("vm", vm.Value).Str("path", v.VMPathName).Msg("vm files are not in a directory of their own; not deleting them")
 		return nil
 	}
 	req := &types.DeleteDatastoreFile_Task{This: *c.ServiceContent.FileManager, Name: dir}
@@ -611,7 +611,7 @@ func (s *Session) EnsureExtension(ctx context.Context, key, label, company strin
 		}
 		return wrapErr(op, err)
 	}
-	s.log.Info().Str("extension", key).Msg("registered vCenter extension")
+	s.logFor(ctx).Info().Str("extension", key).Msg("registered vCenter extension")
 	return nil
 }
 
