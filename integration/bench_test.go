@@ -17,7 +17,9 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
 
+	"github.com/vcagent/vcagent/agent/ops"
 	"github.com/vcagent/vcagent/rpc"
 )
 
@@ -27,17 +29,28 @@ import (
 const benchServeEnv = "VCAGENT_BENCH_SERVE"
 
 // serveForBench runs when the test binary is re-executed as the Go server.
+// With a fourth word "metrics" it keeps the agent's Prometheus metrics of
+// every request and publish, as the agent does, to measure what they cost.
 func serveForBench() {
-	parts := strings.SplitN(os.Getenv(benchServeEnv), " ", 3) // url topic server
+	parts := strings.Fields(os.Getenv(benchServeEnv)) // url topic server [metrics]
 	u, err := rpc.ParseTransportURL(parts[0])
 	if err != nil {
 		panic(err)
 	}
-	tr, err := rpc.NewTransport(rpc.Config{URL: u, Options: rpc.DefaultOptions()})
+	cfg := rpc.Config{URL: u, Options: rpc.DefaultOptions()}
+	var observer rpc.ServerObserver
+	if len(parts) > 3 && parts[3] == "metrics" {
+		o := ops.New(zerolog.Nop())
+		cfg.OnPublish = o.OnPublish
+		cfg.OnLinkEvent = o.OnLinkEvent
+		observer = o.ServerObserver()
+	}
+	tr, err := rpc.NewTransport(cfg)
 	if err != nil {
 		panic(err)
 	}
 	srv, err := tr.NewServer(rpc.ServerConfig{
+		Observer: observer,
 		Target: rpc.Target{Exchange: "nova", Topic: parts[1], Server: parts[2]},
 		Endpoints: []rpc.Endpoint{{Version: "1.3", Methods: map[string]rpc.Handler{
 			"echo": func(ctx context.Context, r *rpc.Request) (any, error) { return r.Args, nil },
@@ -139,7 +152,9 @@ func flood(b *testing.B, url, topic, server string, n int) time.Duration {
 // BenchmarkServerFlood floods the Go server and the real Python
 // oslo.messaging server (threading executor, 64 workers) with the same N
 // calls from the same raw client on the same broker, one after the other,
-// and reports calls/s, server CPU per call and server RSS for both.
+// and reports calls/s, server CPU per call and server RSS for both; the Go
+// server runs twice, without and with the agent's metrics, whose cost per
+// call is the difference.
 // Run on demand: go test -tags integration -run '^$' -bench BenchmarkServerFlood -benchtime 1x ./integration/
 func BenchmarkServerFlood(b *testing.B) {
 	n := 4000
@@ -156,11 +171,13 @@ func BenchmarkServerFlood(b *testing.B) {
 		cmd  *exec.Cmd
 	}{
 		{"go", exec.Command(self)},
+		{"go+metrics", exec.Command(self)},
 		{"python", exec.Command(pythonBin, peerArgs(url, "nova", nil, "server", "--topic", "bench", "--server", "pyhost")...)},
 	}
 	servers[0].cmd.Env = append(os.Environ(), benchServeEnv+"="+url+" bench gohost")
+	servers[1].cmd.Env = append(os.Environ(), benchServeEnv+"="+url+" bench gometrics metrics")
 	for _, s := range servers {
-		host := map[string]string{"go": "gohost", "python": "pyhost"}[s.name]
+		host := map[string]string{"go": "gohost", "go+metrics": "gometrics", "python": "pyhost"}[s.name]
 		out, err := s.cmd.StdoutPipe()
 		if err != nil {
 			b.Fatal(err)
