@@ -51,7 +51,7 @@ func serveForBench() {
 	}
 	srv, err := tr.NewServer(rpc.ServerConfig{
 		Observer: observer,
-		Target: rpc.Target{Exchange: "nova", Topic: parts[1], Server: parts[2]},
+		Target:   rpc.Target{Exchange: "nova", Topic: parts[1], Server: parts[2]},
 		Endpoints: []rpc.Endpoint{{Version: "1.3", Methods: map[string]rpc.Handler{
 			"echo": func(ctx context.Context, r *rpc.Request) (any, error) { return r.Args, nil },
 		}}},

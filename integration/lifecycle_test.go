@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -165,15 +166,23 @@ func waitServer(t *testing.T, ctrl *cp.ControlPlane, id string, within time.Dura
 // uploads an image to boot from.
 func computeHostWithImage(t *testing.T, prefix string, env ...string) (ctrl *cp.ControlPlane, vc *vcenter.Session, host, image string) {
 	t.Helper()
+	ctrl, vc, _, host, image = computeAgentWithImage(t, prefix, env...)
+	return ctrl, vc, host, image
+}
+
+// computeAgentWithImage is computeHostWithImage that also returns the
+// agent, for a look at its logs and metrics.
+func computeAgentWithImage(t *testing.T, prefix string, env ...string) (ctrl *cp.ControlPlane, vc *vcenter.Session, agent *agentProc, host, image string) {
+	t.Helper()
 	ctrl = controlPlane(t)
 	vcEnv, vc := testVCenter(t)
 	host = prefix + fmt.Sprint(time.Now().Unix()%100000)
-	startAgent(t, slices.Concat(computeAgentEnv(ctrl, host), vcEnv, env)...)
+	agent = startAgent(t, slices.Concat(computeAgentEnv(ctrl, host), vcEnv, env)...)
 	waitServiceState(t, ctrl, host, "up", 90*time.Second)
 	if out, err := ctrl.NovaManage(context.Background(), "cell_v2", "discover_hosts"); err != nil {
 		t.Fatalf("discover_hosts: %v\n%s", err, out)
 	}
-	return ctrl, vc, host, uploadFlatImage(t, ctrl)
+	return ctrl, vc, agent, host, uploadFlatImage(t, ctrl)
 }
 
 func settled(status string) func(map[string]any) bool {
@@ -184,9 +193,10 @@ func settled(status string) func(map[string]any) bool {
 // API onto the agent and drives it through stop, start, soft and hard
 // reboot and delete, checking the server and its VM in vCenter each time.
 func TestServerLifecycleThroughNovaAPI(t *testing.T) {
-	ctrl, vc, host, image := computeHostWithImage(t, "vcagent-life-")
+	ctrl, vc, agent, host, image := computeAgentWithImage(t, "vcagent-life-")
 	ctx := context.Background()
 	schedulerFanout := listenFanout(t, ctrl.TransportURL, "scheduler")
+	metricsBefore := scrapeCounters(t, agent.opsURL(t))
 
 	start := time.Now()
 	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
@@ -250,6 +260,21 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	power(vcenter.PowerStateOn)
 	action(map[string]any{"reboot": map[string]any{"type": "HARD"}}, "ACTIVE")
 	power(vcenter.PowerStateOn)
+
+	// /metrics moved with the work: the compute RPCs handled and the
+	// vCenter calls made for them.
+	metricsAfter := scrapeCounters(t, agent.opsURL(t))
+	for _, name := range []string{
+		`vcagent_rpc_requests_total{method="build_and_run_instance",outcome="ok",topic="compute"}`,
+		`vcagent_rpc_requests_total{method="reboot_instance",outcome="ok",topic="compute"}`,
+		`vcagent_vcenter_calls_total{method="PowerOnVM_Task",result="ok"}`,
+		`vcagent_vcenter_calls_total{method="ResetVM_Task",result="ok"}`,
+		`vcagent_vcenter_calls_total{method="CreateVM_Task",result="ok"}`,
+	} {
+		if metricsAfter[name] <= metricsBefore[name] {
+			t.Errorf("%s: %v before the lifecycle, %v after: did not move", name, metricsBefore[name], metricsAfter[name])
+		}
+	}
 
 	// The actions nova recorded, each with the compute's event finished.
 	acts, err := ctrl.NovaGET(ctx, "/servers/"+id+"/os-instance-actions")
@@ -387,4 +412,21 @@ func TestTenServersInOneRequest(t *testing.T) {
 		noAllocations(t, ctrl, id)
 	}
 	t.Logf("10 deleted after %s", time.Since(t0).Round(time.Millisecond))
+}
+
+// scrapeCounters reads the agent's /metrics as series -> value.
+func scrapeCounters(t *testing.T, ops string) map[string]float64 {
+	t.Helper()
+	_, body := httpGet(t, ops+"/metrics")
+	out := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
 }
