@@ -389,13 +389,17 @@ func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (
 		zerolog.Ctx(ctx).Error().Err(berr).Msg("build failed")
 		l.notify.instanceAction(ctx, rc, inst, "create", "create", "error", berr, map[string]any{"image_name": imageName})
 		l.cleanupFailedBuild(ctx, inst)
+		if instanceGone(berr) {
+			// Deleted while building: the delete owns the instance now.
+			return nil
+		}
 		retry, _ := a.FilterProperties["retry"].(map[string]any)
 		if retry != nil && !isBuildAbort(berr) {
-			if err := l.reschedule(ctx, rc, inst, a, retry, berr); err == nil {
+			err := l.reschedule(ctx, rc, inst, a, retry, berr)
+			if err == nil {
 				return nil
-			} else {
-				zerolog.Ctx(ctx).Error().Err(err).Msg("rescheduling the build failed")
 			}
+			zerolog.Ctx(ctx).Error().Err(err).Msg("rescheduling the build failed")
 		}
 		l.failBuild(ctx, rc, inst, berr)
 		return nil
@@ -407,6 +411,14 @@ func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (
 // reschedule (RescheduledException: anything else the hypervisor raised).
 func isBuildAbort(err error) bool {
 	return errors.Is(err, vcenter.ErrUnsupportedDiskKind) || errors.Is(err, vcenter.ErrInvalidImage)
+}
+
+// instanceGone reports conductor's answer for an instance deleted under a
+// build (InstanceNotFound, UnexpectedDeletingTaskStateError): nova then
+// only cleans up, neither rescheduling nor setting ERROR.
+func instanceGone(err error) bool {
+	var re *rpc.RemoteError
+	return errors.As(err, &re) && (re.Class == "InstanceNotFound" || re.Class == "UnexpectedDeletingTaskStateError")
 }
 
 // cleanupFailedBuild removes what the build left in vCenter: the VM and
