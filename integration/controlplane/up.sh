@@ -37,7 +37,7 @@ install_pkgs() {
   command -v rabbitmqctl >/dev/null || pkgs="$pkgs rabbitmq-server"
   local ok
   # shellcheck disable=SC2086
-  ok=" $(dpkg-query -W -f='${db:Status-Status}:${Package} ' $pkgs 2>/dev/null) "
+  ok=" $(dpkg-query -W -f='${db:Status-Status}:${Package} ' $pkgs 2>/dev/null || true) "
   for p in $pkgs; do
     case $ok in *" installed:$p "*) ;; *) missing="$missing $p" ;; esac
   done
