@@ -72,11 +72,15 @@ func startAgent(t testing.TB, env ...string) *agentProc {
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Every agent's log is kept for the run's secrets check (secrets_test.go).
+	logFile := keepAgentLog(t, env)
 	lines := make(chan struct{}, 1024)
 	go func() {
+		defer logFile.Close()
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(make([]byte, 1<<20), 1<<22)
 		for sc.Scan() {
+			_, _ = fmt.Fprintf(logFile, "%s\n", sc.Bytes())
 			var m map[string]any
 			if json.Unmarshal(sc.Bytes(), &m) != nil {
 				m = map[string]any{"message": sc.Text(), "unparsed": true}

@@ -51,4 +51,12 @@ log "fuzzing the message decoder briefly"
 go test -count=1 -run '^$' -fuzz '^FuzzDecodeRequest$' -fuzztime 15s ./rpc/
 
 log "end-to-end tests against the real Python peers"
+# Every agent's log is kept there; the last step searches them all for the
+# passwords and tokens the run used.
+VCAGENT_LOG_DIR=$(mktemp -d)
+export VCAGENT_LOG_DIR
 go test -race -count=1 -p 1 -tags integration -timeout 45m ./integration/...
+
+log "no password or token in any agent log of the run"
+go test -race -count=1 -tags integration -run '^TestSecretsNotInKeptLogs$' -timeout 10m ./integration/
+rm -rf "$VCAGENT_LOG_DIR"

@@ -226,9 +226,9 @@ func (s *Server) startPump(ctx, pctx, work context.Context, inflight *sync.WaitG
 // maxBatch bounds how many waiting deliveries one ack covers.
 const maxBatch = 64
 
-// pump takes deliveries of one queue into the worker pool. It holds a
-// worker slot for every delivery it takes, so that messages it cannot start
-// yet stay unacknowledged and go back to the broker if the server stops.
+// pump takes deliveries of one queue into the worker pool. It takes (acks)
+// a delivery only with a worker slot for it, so that messages it cannot
+// start yet stay unacknowledged and go back to the broker if the server stops.
 // Deliveries already waiting are taken together and acknowledged with one
 // multiple-ack, still before any of them is dispatched.
 func (s *Server) pump(ctx, work context.Context, inflight *sync.WaitGroup, ch *amqp.Channel, tag string, deliveries <-chan amqp.Delivery, queue string) error {
@@ -236,23 +236,28 @@ func (s *Server) pump(ctx, work context.Context, inflight *sync.WaitGroup, ch *a
 	batch := make([]amqp.Delivery, 0, maxBatch)
 	for {
 		select {
-		case s.slots <- struct{}{}:
-		case <-ctx.Done():
-			_ = ch.Cancel(tag, false)
-			return ctx.Err()
-		}
-		select {
 		case d, ok := <-deliveries:
 			if !ok {
-				<-s.slots
 				return fmt.Errorf("consumer of %s cancelled", queue)
 			}
 			batch = append(batch[:0], d)
 		case cerr := <-closed:
-			<-s.slots
 			return fmt.Errorf("listen channel closed: %w", errOrClosed(cerr))
 		case <-ctx.Done():
-			<-s.slots
+			_ = ch.Cancel(tag, false)
+			return ctx.Err()
+		}
+		// The slot is taken once there is a delivery, not before: an idle
+		// pump holding one would starve the other queues' pumps when the
+		// pool is smaller than the number of queues (executor_thread_pool_size
+		// 1 or 2 left compute.<host> unserved). Until it gets a slot, the
+		// delivery stays unacknowledged and goes back to the broker if the
+		// server stops.
+		select {
+		case s.slots <- struct{}{}:
+		case cerr := <-closed:
+			return fmt.Errorf("listen channel closed: %w", errOrClosed(cerr))
+		case <-ctx.Done():
 			_ = ch.Cancel(tag, false)
 			return ctx.Err()
 		}
@@ -273,6 +278,17 @@ func (s *Server) pump(ctx, work context.Context, inflight *sync.WaitGroup, ch *a
 			}
 			<-s.slots
 			break more
+		}
+		// A stop wins over a delivery that raced with it: select picks at
+		// random among ready cases, so the loops above may have taken
+		// deliveries after ctx ended. Those are not acknowledged: the
+		// channel's close gives them back to the broker for the next server.
+		if ctx.Err() != nil {
+			for range batch {
+				<-s.slots
+			}
+			_ = ch.Cancel(tag, false)
+			return ctx.Err()
 		}
 		for _, req := range s.accept(batch, queue) {
 			if req == nil {
