@@ -1,0 +1,528 @@
+//go:build integration
+
+// BenchmarkVMwareSideBySide runs one server scenario against vcagent and
+// against the REAL Python nova-compute with the VMware vCenter driver
+// (Debian's python3-nova, vmwareapi.VMwareVCDriver), on the same real Zed
+// control plane and the same vCenter simulator, in one run, and prints both
+// columns and their ratio. On demand only (CI runs no benchmarks):
+//
+//	cd /work/main && VCAGENT_CP_KEEP=1 nice go test -tags integration -run '^$' \
+//	    -bench BenchmarkVMwareSideBySide -benchtime 1x -timeout 60m ./integration/
+//
+// The lifecycle (boot, stop, start, soft and hard reboot, delete) runs
+// VCAGENT_BENCH_REPEAT times (default 3) and the table shows medians; then
+// 10 boots in a row and 10 in one request (min = max = 10), each deleted.
+// Every figure is from the API request to the settled state, polled every
+// 100 ms; the two computes take turns going first.
+//
+// The simulator is integration/pyvmware (govmomi's, with the fixes the Python
+// driver needs; see its README) with two clusters: DC0_C0 for the Python
+// compute ([vmware] cluster_name), DC0_C1 for the agent (VCAGENT_CLUSTERS),
+// one datastore shared by both. The Python compute runs through
+// integration/controlplane/python-compute.sh. The agent is built without the
+// race detector for this benchmark (TestMain's build has it, which would
+// inflate its time and memory several times).
+package integration
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vcagent/vcagent/integration/cp"
+)
+
+// vmwSide is one compute of the side-by-side benchmark.
+type vmwSide struct {
+	name   string // "agent" or "python": also the simulator's client label
+	host   string
+	pid    int
+	cpu0   time.Duration
+	rssKiB map[string]int64
+}
+
+// vmwRow is one line of the table: seconds and vCenter requests per side.
+type vmwRow struct {
+	op    string
+	secs  map[string]float64
+	calls map[string]int
+	top   map[string]string // the requests by method, most frequent first
+}
+
+func BenchmarkVMwareSideBySide(b *testing.B) {
+	for _, mod := range []string{"nova.virt.vmwareapi.driver", "oslo_vmware", "suds"} {
+		if out, err := exec.Command(pythonBinDebian, "-c", "import "+mod).CombinedOutput(); err != nil {
+			b.Fatalf("the Python VMware driver needs %s (apt-get install python3-nova python3-oslo.vmware python3-suds): %v\n%s", mod, err, out)
+		}
+	}
+	ctrl := controlPlane(b)
+	ctx := context.Background()
+	tmp := b.TempDir()
+	suffix := fmt.Sprint(time.Now().Unix() % 100000)
+
+	// The simulator, and the agent built without -race.
+	build := exec.Command("go", "build", "-o", tmp, "./pyvmware", "..")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		b.Fatalf("building the simulator launcher and the agent: %v", err)
+	}
+	vc := startVMwareSimulator(b, filepath.Join(tmp, "pyvmware"), tmp)
+
+	agentSide := &vmwSide{name: "agent", host: "agentvmw-" + suffix, rssKiB: map[string]int64{}}
+	pySide := &vmwSide{name: "python", host: "pyvmw-" + suffix, rssKiB: map[string]int64{}}
+	sides := []*vmwSide{agentSide, pySide}
+
+	// Registered first, so run last: remove both computes' service records
+	// (nova-api deletes their compute nodes and placement providers too).
+	b.Cleanup(func() {
+		for _, s := range sides {
+			vmwDeleteService(ctrl, s.host)
+		}
+	})
+	raceAgent := agentBinary
+	agentBinary = filepath.Join(tmp, "vcagent")
+	agent := startAgent(b, append(computeAgentEnv(ctrl, agentSide.host),
+		"VCAGENT_VCENTER_URL="+vc.url, "VCAGENT_VCENTER_USER="+vc.user, "VCAGENT_VCENTER_PASSWORD="+vc.password,
+		"VCAGENT_VCENTER_INSECURE=true", "VCAGENT_CLUSTERS=DC0_C1")...)
+	agentBinary = raceAgent
+	agentSide.pid = agent.cmd.Process.Pid
+	waitServiceState(b, ctrl, agentSide.host, "up", 90*time.Second)
+	if out, err := ctrl.NovaManage(ctx, "cell_v2", "discover_hosts"); err != nil {
+		b.Fatalf("discover_hosts: %v\n%s", err, out)
+	}
+	pySide.pid = startPythonCompute(b, ctrl, pySide.host, vc)
+	for _, s := range sides {
+		_, s.rssKiB["idle"], _ = procStats(s.pid)
+		s.cpu0, _, _ = procStats(s.pid)
+	}
+	image := vmwUploadImage(b, ctrl)
+
+	// Each measurement of an operation is one sample; the table shows the
+	// median of an operation's samples (the lifecycle runs `repeat` times).
+	repeat := 3
+	if v, err := strconv.Atoi(os.Getenv("VCAGENT_BENCH_REPEAT")); err == nil && v > 0 {
+		repeat = v
+	}
+	var ops []string
+	samples := map[string][]vmwRow{}
+	spread := map[string]map[string]string{} // op -> side -> per-server times
+	measured := 0
+	measure := func(op string, run func(s *vmwSide)) {
+		b.Helper()
+		row := vmwRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
+		// Every other measurement the Python compute goes first, so that
+		// neither side always runs in the other's wake.
+		order := sides
+		if measured%2 == 1 {
+			order = []*vmwSide{sides[1], sides[0]}
+		}
+		measured++
+		for _, s := range order {
+			before := vc.counts(b)[s.name]
+			t0 := time.Now()
+			run(s)
+			row.secs[s.name] = time.Since(t0).Seconds()
+			after := vc.counts(b)[s.name]
+			row.calls[s.name], row.top[s.name] = countDelta(before, after)
+		}
+		if samples[op] == nil {
+			ops = append(ops, op)
+		}
+		samples[op] = append(samples[op], row)
+		fmt.Printf("  %-34s agent %7.2f s %5d calls | python %7.2f s %5d calls\n", op,
+			row.secs["agent"], row.calls["agent"], row.secs["python"], row.calls["python"])
+	}
+	boot := func(s *vmwSide, name string, n int) []string {
+		ids, _ := vmwBoot(b, ctrl, s.host, image, name, n)
+		return ids
+	}
+
+	// The first boot of an image copies it to the datastore's image cache.
+	ids := map[string]string{}
+	measure("boot, first (image upload)", func(s *vmwSide) { ids[s.name] = boot(s, "first", 1)[0] })
+	measure("delete (first server)", func(s *vmwSide) { vmwDelete(b, ctrl, ids[s.name]) })
+	action := func(body map[string]any, status string) func(s *vmwSide) {
+		return func(s *vmwSide) { vmwAction(b, ctrl, ids[s.name], body, status) }
+	}
+	for range repeat {
+		measure("boot", func(s *vmwSide) { ids[s.name] = boot(s, "life", 1)[0] })
+		measure("stop", action(map[string]any{"os-stop": nil}, "SHUTOFF"))
+		measure("start", action(map[string]any{"os-start": nil}, "ACTIVE"))
+		measure("reboot soft", action(map[string]any{"reboot": map[string]any{"type": "SOFT"}}, "ACTIVE"))
+		measure("reboot hard", action(map[string]any{"reboot": map[string]any{"type": "HARD"}}, "ACTIVE"))
+		measure("delete", func(s *vmwSide) { vmwDelete(b, ctrl, ids[s.name]) })
+	}
+	for _, s := range sides {
+		_, s.rssKiB["after lifecycle"], _ = procStats(s.pid)
+	}
+
+	many := map[string][]string{}
+	spread["10 boots in a row"] = map[string]string{}
+	measure("10 boots in a row (all ACTIVE)", func(s *vmwSide) {
+		many[s.name] = nil
+		var took []time.Duration
+		for i := range 10 {
+			ids, d := vmwBoot(b, ctrl, s.host, image, fmt.Sprintf("seq%d", i), 1)
+			many[s.name] = append(many[s.name], ids...)
+			took = append(took, d...)
+		}
+		slices.Sort(took)
+		spread["10 boots in a row"][s.name] = fmt.Sprintf("one boot: min %.2f s, median %.2f s, max %.2f s",
+			took[0].Seconds(), took[len(took)/2].Seconds(), took[len(took)-1].Seconds())
+	})
+	measure("delete the 10 booted in a row", func(s *vmwSide) { vmwDelete(b, ctrl, many[s.name]...) })
+	for _, s := range sides {
+		_, s.rssKiB["after 10 in a row"], _ = procStats(s.pid)
+	}
+	spread["10 in one request"] = map[string]string{}
+	measure("10 in one request (all ACTIVE)", func(s *vmwSide) {
+		var took []time.Duration
+		many[s.name], took = vmwBoot(b, ctrl, s.host, image, "multi", 10)
+		spread["10 in one request"][s.name] = fmt.Sprintf("ACTIVE after: first %.2f s, 5th %.2f s, last %.2f s",
+			took[0].Seconds(), took[4].Seconds(), took[len(took)-1].Seconds())
+	})
+	measure("delete the 10 of one request", func(s *vmwSide) { vmwDelete(b, ctrl, many[s.name]...) })
+	for _, s := range sides {
+		_, s.rssKiB["after 10 in one request"], s.rssKiB["peak"] = procStats(s.pid)
+	}
+
+	// The table: medians of the samples.
+	var rows []vmwRow
+	for _, op := range ops {
+		row := vmwRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
+		if n := len(samples[op]); n > 1 {
+			row.op = fmt.Sprintf("%s (median of %d)", op, n)
+		}
+		for _, s := range sides {
+			var secs []float64
+			var calls []int
+			for _, r := range samples[op] {
+				secs, calls = append(secs, r.secs[s.name]), append(calls, r.calls[s.name])
+			}
+			slices.Sort(secs)
+			slices.Sort(calls)
+			row.secs[s.name], row.calls[s.name] = secs[len(secs)/2], calls[len(calls)/2]
+			row.top[s.name] = samples[op][len(samples[op])-1].top[s.name] // the last sample's
+		}
+		rows = append(rows, row)
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "\nvcagent vs Python nova-compute (VMwareVCDriver), same control plane and vCenter simulator\n")
+	fmt.Fprintf(&out, "%-38s %10s %10s %8s   %12s %12s\n", "operation (until settled)", "agent s", "python s", "py/agent", "agent calls", "python calls")
+	for _, r := range rows {
+		fmt.Fprintf(&out, "%-38s %10.2f %10.2f %7.1fx   %12d %12d\n", r.op, r.secs["agent"], r.secs["python"],
+			r.secs["python"]/r.secs["agent"], r.calls["agent"], r.calls["python"])
+	}
+	fmt.Fprintf(&out, "\n%-34s %10s %10s %8s\n", "RSS of the compute process (MiB)", "agent", "python", "py/agent")
+	for _, k := range []string{"idle", "after lifecycle", "after 10 in a row", "after 10 in one request", "peak"} {
+		a, p := float64(agentSide.rssKiB[k])/1024, float64(pySide.rssKiB[k])/1024
+		fmt.Fprintf(&out, "%-34s %10.1f %10.1f %7.1fx\n", k, a, p, p/a)
+	}
+	var cpus [2]time.Duration
+	for i, s := range sides {
+		c, _, _ := procStats(s.pid)
+		cpus[i] = c - s.cpu0
+	}
+	fmt.Fprintf(&out, "%-34s %10.2f %10.2f %7.1fx\n\n", "CPU of the scenario (s)", cpus[0].Seconds(), cpus[1].Seconds(),
+		cpus[1].Seconds()/cpus[0].Seconds())
+	for _, op := range []string{"10 boots in a row", "10 in one request"} {
+		fmt.Fprintf(&out, "%s\n  agent:  %s\n  python: %s\n", op, spread[op]["agent"], spread[op]["python"])
+	}
+	fmt.Fprintf(&out, "\nvCenter requests by method (per operation, the last sample; SOAP method or HTTP method and path)\n")
+	for _, r := range rows {
+		fmt.Fprintf(&out, "%s\n  agent:  %s\n  python: %s\n", r.op, r.top["agent"], r.top["python"])
+	}
+	fmt.Print(out.String())
+
+	for _, r := range rows {
+		key := map[string]string{"boot": "boot", "10 in one request (all ACTIVE)": "boot10"}[strings.Split(r.op, " (median")[0]]
+		if key != "" {
+			b.ReportMetric(r.secs["agent"], "agent_"+key+"_s")
+			b.ReportMetric(r.secs["python"], "python_"+key+"_s")
+		}
+	}
+	b.ReportMetric(float64(agentSide.rssKiB["peak"])/1024, "agent_rss_MiB")
+	b.ReportMetric(float64(pySide.rssKiB["peak"])/1024, "python_rss_MiB")
+}
+
+// pythonBinDebian is Debian's python, where python3-nova lives.
+const pythonBinDebian = "/usr/bin/python3"
+
+// vmwSim is a running integration/pyvmware simulator.
+type vmwSim struct {
+	url, host, port, user, password string
+	client                          *http.Client
+}
+
+func startVMwareSimulator(b *testing.B, bin, dir string) *vmwSim {
+	b.Helper()
+	cmd := exec.Command(bin, "-l", "127.0.0.1:0", "-cluster", "2", "-host", "3", "-ds", "1",
+		"-wsdl", filepath.Join(dir, "vimService.wsdl"), "-stdin")
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		_ = cmd.Process.Kill()
+		b.Fatalf("simulator launcher did not start: %v", err)
+	}
+	var info struct{ URL, User, Password string }
+	if err := json.Unmarshal([]byte(line), &info); err != nil {
+		b.Fatalf("simulator launcher said %q: %v", line, err)
+	}
+	rest := strings.TrimPrefix(info.URL, "https://")
+	hostPort := rest[:strings.IndexByte(rest, '/')]
+	i := strings.LastIndexByte(hostPort, ':')
+	vc := &vmwSim{url: info.URL, host: hostPort[:i], port: hostPort[i+1:], user: info.User, password: info.Password,
+		client: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}, Timeout: 10 * time.Second}}
+	b.Cleanup(func() {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+	})
+	return vc
+}
+
+// counts returns the simulator's request counts by client and method.
+func (v *vmwSim) counts(b *testing.B) map[string]map[string]int {
+	b.Helper()
+	resp, err := v.client.Get("https://" + v.host + ":" + v.port + "/vcsim/counts")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	out := map[string]map[string]int{}
+	if err := json.Unmarshal(data, &out); err != nil {
+		b.Fatalf("counts %q: %v", data, err)
+	}
+	return out
+}
+
+// countDelta is the number of requests between two snapshots and the
+// methods, most frequent first.
+func countDelta(before, after map[string]int) (int, string) {
+	total := 0
+	d := map[string]int{}
+	for k, n := range after {
+		if n -= before[k]; n > 0 {
+			d[k] = n
+			total += n
+		}
+	}
+	names := slices.SortedFunc(maps.Keys(d), func(x, y string) int {
+		if d[x] != d[y] {
+			return d[y] - d[x]
+		}
+		return strings.Compare(x, y)
+	})
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%s %d", k, d[k])
+	}
+	return total, strings.Join(parts, ", ")
+}
+
+// startPythonCompute starts the real Python nova-compute on cluster DC0_C0
+// through python-compute.sh and returns its pid.
+func startPythonCompute(b *testing.B, ctrl *cp.ControlPlane, host string, vc *vmwSim) int {
+	b.Helper()
+	script, err := filepath.Abs(filepath.Join("controlplane", "python-compute.sh"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command("/bin/bash", script, ctrl.Work, "start", host)
+	cmd.Env = append(os.Environ(), "VC_HOST="+vc.host, "VC_PORT="+vc.port, "VC_USER="+vc.user, "VC_PASS="+vc.password,
+		"VC_CLUSTER=DC0_C0", "VC_DATASTORE_REGEX=LocalDS_.*")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	b.Cleanup(func() {
+		stop := exec.Command("/bin/bash", script, ctrl.Work, "stop", host)
+		stop.Stderr = os.Stderr
+		_ = stop.Run()
+	})
+	if err != nil {
+		b.Fatalf("python-compute.sh start %s: %v", host, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil {
+		b.Fatalf("python-compute.sh printed %q", out)
+	}
+	return pid
+}
+
+// vmwUploadImage puts a small preallocated VMDK image into glance.
+func vmwUploadImage(b *testing.B, ctrl *cp.ControlPlane) string {
+	b.Helper()
+	ctx := context.Background()
+	img, err := ctrl.Do(ctx, "POST", ctrl.GlanceURL+"/v2/images", map[string]any{
+		"name": "vmw-bench-flat", "disk_format": "vmdk", "container_format": "bare",
+		"vmware_disktype": "preallocated", "vmware_adaptertype": "lsiLogic",
+	}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := img["id"].(string)
+	b.Cleanup(func() { _, _ = ctrl.Do(context.Background(), "DELETE", ctrl.GlanceURL+"/v2/images/"+id, nil, nil) })
+	h := http.Header{"Content-Type": {"application/octet-stream"}}
+	if _, err := ctrl.Do(ctx, "PUT", ctrl.GlanceURL+"/v2/images/"+id+"/file", make([]byte, 1<<20), h); err != nil {
+		b.Fatal(err)
+	}
+	return id
+}
+
+// vmwBoot boots n servers on host with one request (min = max = n), waits
+// until all are ACTIVE and returns their ids and how long each took from
+// the request, shortest first. Servers left behind by a failure are
+// deleted at the end of the benchmark.
+func vmwBoot(b *testing.B, ctrl *cp.ControlPlane, host, image, name string, n int) ([]string, []time.Duration) {
+	b.Helper()
+	ctx := context.Background()
+	server := map[string]any{"name": name, "imageRef": image, "flavorRef": "42", "networks": "none", "host": host}
+	if n > 1 {
+		server["min_count"], server["max_count"], server["return_reservation_id"] = n, n, true
+	}
+	t0 := time.Now()
+	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": server})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ids []string
+	b.Cleanup(func() {
+		for _, id := range ids {
+			_, _ = ctrl.NovaDELETE(context.Background(), "/servers/"+id)
+		}
+	})
+	if n == 1 {
+		ids = []string{created["server"].(map[string]any)["id"].(string)}
+		vmwWait(b, ctrl, ids[0], 300*time.Second, "ACTIVE")
+		return ids, []time.Duration{time.Since(t0)}
+	}
+	// All servers of the reservation in one listing per poll.
+	rid, _ := created["reservation_id"].(string)
+	active := map[string]time.Duration{}
+	deadline := t0.Add(300 * time.Second)
+	for len(active) < n {
+		list, err := ctrl.NovaGET(ctx, "/servers/detail?reservation_id="+rid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range asList(list, "servers") {
+			id := s["id"].(string)
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+			if _, ok := active[id]; !ok && s["status"] == "ACTIVE" && s["OS-EXT-STS:task_state"] == nil {
+				active[id] = time.Since(t0)
+			}
+			if s["status"] == "ERROR" {
+				b.Fatalf("server %s in ERROR on %v: %v", id, s["OS-EXT-SRV-ATTR:host"], s["fault"])
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d servers of reservation %s ACTIVE after 300 s", len(active), n, rid)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	took := slices.Sorted(maps.Values(active))
+	return ids, took
+}
+
+// vmwWait polls the server every 100 ms until it has the status and no
+// task; ERROR fails the benchmark with nova's fault.
+func vmwWait(b *testing.B, ctrl *cp.ControlPlane, id string, within time.Duration, status string) {
+	b.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		v, err := ctrl.NovaGET(context.Background(), "/servers/"+id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, _ := v["server"].(map[string]any)
+		if s["status"] == status && s["OS-EXT-STS:task_state"] == nil {
+			return
+		}
+		if s["status"] == "ERROR" {
+			b.Fatalf("server %s in ERROR on %v: %v", id, s["OS-EXT-SRV-ATTR:host"], s["fault"])
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("server %s: status %v task %v after %s", id, s["status"], s["OS-EXT-STS:task_state"], within)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// vmwAction posts a server action and waits until the server settles in
+// status (after the task started: nova sets it before it answers).
+func vmwAction(b *testing.B, ctrl *cp.ControlPlane, id string, body map[string]any, status string) {
+	b.Helper()
+	if _, err := ctrl.NovaPOST(context.Background(), "/servers/"+id+"/action", body); err != nil {
+		b.Fatal(err)
+	}
+	vmwWait(b, ctrl, id, 120*time.Second, status)
+}
+
+// vmwDelete deletes the servers and waits until nova no longer knows them.
+func vmwDelete(b *testing.B, ctrl *cp.ControlPlane, ids ...string) {
+	b.Helper()
+	ctx := context.Background()
+	for _, id := range ids {
+		if _, err := ctrl.NovaDELETE(ctx, "/servers/"+id); err != nil {
+			b.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(120 * time.Second)
+	for _, id := range ids {
+		for {
+			v, err := ctrl.NovaGET(ctx, "/servers/"+id)
+			if cp.StatusCode(err) == http.StatusNotFound {
+				break
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			if s, _ := v["server"].(map[string]any); s["status"] == "ERROR" {
+				b.Fatalf("server %s in ERROR while deleting: %v", id, s["fault"])
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("server %s not deleted within 120 s", id)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// vmwDeleteService deletes the nova-compute service record of host (once
+// the compute is stopped), with its compute nodes and providers.
+func vmwDeleteService(ctrl *cp.ControlPlane, host string) {
+	ctx := context.Background()
+	h := http.Header{"X-OpenStack-Nova-API-Version": {"2.53"}, "OpenStack-API-Version": {"compute 2.53"}}
+	v, err := ctrl.Do(ctx, "GET", ctrl.NovaURL+"/os-services?binary=nova-compute&host="+host, nil, h)
+	if err != nil {
+		return
+	}
+	for _, svc := range asList(v, "services") {
+		_, _ = ctrl.Do(ctx, "DELETE", fmt.Sprintf("%s/os-services/%v", ctrl.NovaURL, svc["id"]), nil, h)
+	}
+}
