@@ -71,6 +71,8 @@ type lifecycle struct {
 	tasks  rpc.Client // conductor's compute_task API (reschedules)
 	notify *notifier  // nil: notifications off
 	builds *buildLimit
+	vms    vmIndex    // instance uuid -> VM, from the VM watcher
+	known  spawnCache // what builds reuse: extension, folders, inventory
 	host   string
 	ds     *regexp.Regexp
 	log    zerolog.Logger
@@ -389,6 +391,7 @@ func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (
 		zerolog.Ctx(ctx).Error().Err(berr).Msg("build failed")
 		l.notify.instanceAction(ctx, rc, inst, "create", "create", "error", berr, map[string]any{"image_name": imageName})
 		l.cleanupFailedBuild(ctx, inst)
+		l.forgetSpawnCache()
 		if instanceGone(berr) {
 			// Deleted while building: the delete owns the instance now.
 			return nil
@@ -559,7 +562,7 @@ func (l *lifecycle) updateSchedulerInstanceInfo(ctx context.Context, rc rpc.Cont
 func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any) error {
 	uuid := inst.StringOrEmpty("uuid")
 	moref, _, _ := strings.Cut(node, ".")
-	clusters, err := l.hv.Clusters(ctx)
+	clusters, err := l.clusters(ctx)
 	if err != nil {
 		return err
 	}
@@ -596,10 +599,10 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	if t, _ := meta.Properties["vmware_disktype"].(string); t != "" {
 		kind = vcenter.DiskKind(t)
 	}
-	if err := l.hv.EnsureExtension(ctx, extensionKey, "OpenStack Compute", "OpenStack"); err != nil {
+	if err := l.ensureExtension(ctx); err != nil {
 		return err
 	}
-	folder, err := l.hv.EnsureFolderPath(ctx, cluster.Datacenter, "OpenStack", "Project ("+inst.StringOrEmpty("project_id")+")", "Instances")
+	folder, err := l.instancesFolder(ctx, cluster.Datacenter, inst.StringOrEmpty("project_id"))
 	if err != nil {
 		return err
 	}
@@ -648,11 +651,7 @@ func (l *lifecycle) vmOf(ctx context.Context, inst *ovo.Object) (vcenter.VM, err
 func (l *lifecycle) StopInstance(ctx context.Context, req *rpc.Request) (any, error) {
 	return l.operation(ctx, req, opSpec{event: "compute_stop_instance", method: "stop_instance", action: "power_off", revertsTaskState: true},
 		func(ctx context.Context, inst *ovo.Object) error {
-			vm, err := l.vmOf(ctx, inst)
-			if err != nil {
-				return err
-			}
-			if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
+			if err := l.withVM(ctx, inst, func(vm vcenter.Ref) error { return l.hv.PowerOff(ctx, vm) }); err != nil {
 				return err
 			}
 			setStates(inst, "stopped", nil, powerShutdown)
@@ -664,11 +663,7 @@ func (l *lifecycle) StopInstance(ctx context.Context, req *rpc.Request) (any, er
 func (l *lifecycle) StartInstance(ctx context.Context, req *rpc.Request) (any, error) {
 	return l.operation(ctx, req, opSpec{event: "compute_start_instance", method: "start_instance", action: "power_on", revertsTaskState: true},
 		func(ctx context.Context, inst *ovo.Object) error {
-			vm, err := l.vmOf(ctx, inst)
-			if err != nil {
-				return err
-			}
-			if err := l.hv.PowerOn(ctx, vm.Ref); err != nil {
+			if err := l.withVM(ctx, inst, func(vm vcenter.Ref) error { return l.hv.PowerOn(ctx, vm) }); err != nil {
 				return err
 			}
 			setStates(inst, "active", nil, powerRunning)
@@ -704,14 +699,15 @@ func (l *lifecycle) RebootInstance(ctx context.Context, req *rpc.Request) (any, 
 			if err := l.save(ctx, rc, inst, "reboot_pending"+suffix); err != nil {
 				return err
 			}
-			vm, err := l.vmOf(ctx, inst)
-			if err == nil {
+			err := l.withVM(ctx, inst, func(vm vcenter.Ref) error {
 				if a.RebootType == "HARD" {
-					err = l.hv.Reset(ctx, vm.Ref)
-				} else if err = l.hv.RebootGuest(ctx, vm.Ref); errors.Is(err, vcenter.ErrToolsNotRunning) {
-					err = l.hv.Reset(ctx, vm.Ref)
+					return l.hv.Reset(ctx, vm)
 				}
-			}
+				if err := l.hv.RebootGuest(ctx, vm); !errors.Is(err, vcenter.ErrToolsNotRunning) {
+					return err
+				}
+				return l.hv.Reset(ctx, vm)
+			})
 			if err != nil {
 				if cur, ferr := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid")); ferr == nil && cur.PowerState == vcenter.PowerStateOn {
 					l.recordFault(ctx, rc, inst, err)
@@ -744,11 +740,8 @@ func (l *lifecycle) TerminateInstance(ctx context.Context, req *rpc.Request) (an
 			uuid := inst.StringOrEmpty("uuid")
 			l.notify.instanceAction(ctx, rc, inst, "delete", "delete", "start", nil, nil)
 			l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "start", nil, nil)
-			if vm, err := l.hv.FindVMByInstanceUUID(ctx, uuid); err == nil {
-				if err := l.hv.Destroy(ctx, vm.Ref); err != nil {
-					return err
-				}
-			} else if !errors.Is(err, vcenter.ErrNotFound) {
+			err := l.withVM(ctx, inst, func(vm vcenter.Ref) error { return l.hv.Destroy(ctx, vm) })
+			if err != nil && !isRemote(err, "InstanceNotFound") {
 				return err
 			}
 			l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "end", nil, nil)

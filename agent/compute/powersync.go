@@ -25,6 +25,7 @@ func (l *lifecycle) syncPowerStates(ctx context.Context, w VMWatcher, reconcile 
 	log := l.log.With().Str("task", "power_state_sync").Logger()
 	for ctx.Err() == nil {
 		err := w.WatchVMs(ctx, vcenter.WatchOptions{ManagedByKey: extensionKey, Reconcile: reconcile}, func(ev vcenter.VMEvent) {
+			l.vms.apply(ev)
 			if ev.Kind != vcenter.Upsert || ev.State.PowerState != vcenter.PowerStateOff || ev.State.InstanceUUID == "" {
 				return
 			}
