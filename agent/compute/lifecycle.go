@@ -295,8 +295,9 @@ func (l *lifecycle) eventFinish(ctx context.Context, rc rpc.Context, uuid, event
 func (l *lifecycle) recordFault(ctx context.Context, rc rpc.Context, inst *ovo.Object, cause error) {
 	f := ovo.New("InstanceFault", l.cond.version("InstanceFault"))
 	f.SetString("instance_uuid", inst.StringOrEmpty("uuid"))
-	f.SetInt("code", 500)
-	f.SetString("message", truncate(cause.Error(), 255))
+	code, msg := faultCodeAndMessage(cause)
+	f.SetInt("code", code)
+	f.SetString("message", msg)
 	f.SetString("details", cause.Error())
 	f.SetString("host", l.host)
 	if _, err := l.cond.ObjectAction(ctx, rc, f, "create", nil, nil); err != nil {

@@ -374,17 +374,26 @@ func exceptionRepr(cause error) string {
 	return fmt.Sprintf("%s(%q)", class, msg)
 }
 
-// faultCodeAndMessage is nova's exception_to_dict: the code a nova
-// exception carries (500 otherwise) and its message, at most 255 bytes.
+// faultCodeAndMessage is nova's exception_to_dict: a nova exception's code
+// (500 otherwise) and message, at most 255 bytes. A Python builtin
+// exception (NotImplementedError...) has no format_message, so nova shows
+// its class name; the agent's own errors keep their text, which says what
+// vCenter answered.
 func faultCodeAndMessage(cause error) (int64, string) {
 	code := int64(500)
 	msg := cause.Error()
 	var re *rpc.RemoteError
 	if errors.As(cause, &re) {
-		if c, ok := re.Kwargs["code"].(int); ok {
+		switch c := re.Kwargs["code"].(type) { // int when the agent raised it, float64 when decoded
+		case int:
+			code = int64(c)
+		case float64:
 			code = int64(c)
 		}
-		if re.Message != "" {
+		switch {
+		case re.Module == "builtins":
+			msg = re.Class
+		case re.Message != "":
 			msg = re.Message
 		}
 	}
