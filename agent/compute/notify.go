@@ -158,7 +158,7 @@ func (n *notifier) instanceAction(ctx context.Context, rc rpc.Context, inst *ovo
 		}
 		p["fault"] = nil
 		if cause != nil {
-			p["fault"] = exceptionPayload(cause)
+			p["fault"] = exceptionPayload(cause, action)
 		}
 		n.send(ctx, n.versioned, rc, priority, "instance."+action+"."+phase, versionedObject(name, version, p))
 	}
@@ -181,7 +181,7 @@ func (n *notifier) exception(ctx context.Context, rc rpc.Context, method string,
 		n.send(ctx, n.legacy, rc, rpc.PriorityError, method, map[string]any{"exception": exceptionRepr(cause), "args": clean})
 	}
 	if n.versioned != nil {
-		n.send(ctx, n.versioned, rc, rpc.PriorityError, "compute.exception", exceptionPayload(cause))
+		n.send(ctx, n.versioned, rc, rpc.PriorityError, "compute.exception", exceptionPayload(cause, method))
 	}
 }
 
@@ -326,8 +326,9 @@ func flavorPayload(f *ovo.Object) map[string]any {
 	})
 }
 
-// exceptionPayload is nova's ExceptionPayload 1.1 for an agent error.
-func exceptionPayload(cause error) map[string]any {
+// exceptionPayload is nova's ExceptionPayload 1.1 for an agent error that
+// ended function (the manager method or action that failed).
+func exceptionPayload(cause error, function string) map[string]any {
 	module, class := exceptionClass(cause)
 	msg := cause.Error()
 	var re *rpc.RemoteError
@@ -336,7 +337,7 @@ func exceptionPayload(cause error) map[string]any {
 	}
 	return versionedObject("ExceptionPayload", "1.1", map[string]any{
 		"module_name":       module,
-		"function_name":     "vcagent",
+		"function_name":     function,
 		"exception":         class,
 		"exception_message": msg,
 		"traceback":         "Traceback (most recent call last):\n,  (raised by vcagent)\n," + class + ": " + msg + "\n",
