@@ -2,6 +2,7 @@ package compute
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -23,13 +24,39 @@ type VMWatcher interface {
 // SHUTOFF within seconds. It runs until ctx ends.
 func (l *lifecycle) syncPowerStates(ctx context.Context, w VMWatcher, reconcile time.Duration) {
 	log := l.log.With().Str("task", "power_state_sync").Logger()
+	// A check waits for the instance's lock, which an operation may hold
+	// for a while (a build creates its VM powered off): it runs on its
+	// own, so that the stream keeps flowing meanwhile, at most one per
+	// instance at a time. They all end before this returns.
+	var (
+		checks  sync.WaitGroup
+		mu      sync.Mutex
+		pending = map[string]bool{}
+	)
+	defer checks.Wait()
+	check := func(uuid string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if pending[uuid] {
+			return
+		}
+		pending[uuid] = true
+		checks.Add(1)
+		go func() {
+			defer checks.Done()
+			l.stopIfShutOffBehindNovasBack(ctx, uuid, log)
+			mu.Lock()
+			delete(pending, uuid)
+			mu.Unlock()
+		}()
+	}
 	for ctx.Err() == nil {
 		err := w.WatchVMs(ctx, vcenter.WatchOptions{ManagedByKey: extensionKey, Reconcile: reconcile}, func(ev vcenter.VMEvent) {
 			l.vms.apply(ev)
 			if ev.Kind != vcenter.Upsert || ev.State.PowerState != vcenter.PowerStateOff || ev.State.InstanceUUID == "" {
 				return
 			}
-			l.stopIfShutOffBehindNovasBack(ctx, ev.State.InstanceUUID, log)
+			check(ev.State.InstanceUUID)
 		})
 		if ctx.Err() != nil {
 			return
@@ -55,8 +82,13 @@ func (l *lifecycle) stopIfShutOffBehindNovasBack(ctx context.Context, uuid strin
 		return
 	}
 	// The event may predate an operation that held the lock meanwhile (a
-	// build powers its VM on after creating it off): ask vCenter again, as
-	// nova's sync asks the driver for the current state.
+	// build powers its VM on after creating it off). When the stream has
+	// reported the VM on since, that settles it; otherwise ask vCenter, as
+	// nova's sync asks the driver for the current state (the stream may
+	// lag behind a power-on that just finished).
+	if st, ok := l.vms.state(uuid); ok && st.PowerState != vcenter.PowerStateOff {
+		return
+	}
 	if vm, err := l.hv.FindVMByInstanceUUID(ctx, uuid); err != nil || vm.PowerState != vcenter.PowerStateOff {
 		return
 	}

@@ -21,7 +21,7 @@ import (
 // and a property read, 2 round trips each).
 type vmIndex struct {
 	mu  sync.Mutex
-	vms map[string]vcenter.Ref
+	vms map[string]vcenter.VMState
 }
 
 func (x *vmIndex) apply(ev vcenter.VMEvent) {
@@ -31,29 +31,36 @@ func (x *vmIndex) apply(ev vcenter.VMEvent) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.vms == nil {
-		x.vms = map[string]vcenter.Ref{}
+		x.vms = map[string]vcenter.VMState{}
 	}
 	switch ev.Kind {
 	case vcenter.Upsert:
-		x.vms[ev.State.InstanceUUID] = ev.State.Ref
+		x.vms[ev.State.InstanceUUID] = ev.State
 	case vcenter.Removed:
-		if x.vms[ev.State.InstanceUUID] == ev.State.Ref {
+		if x.vms[ev.State.InstanceUUID].Ref == ev.State.Ref {
 			delete(x.vms, ev.State.InstanceUUID)
 		}
 	}
 }
 
+// get returns the VM last reported for the instance.
 func (x *vmIndex) get(uuid string) (vcenter.Ref, bool) {
+	st, ok := x.state(uuid)
+	return st.Ref, ok
+}
+
+// state returns the VM's state as last reported.
+func (x *vmIndex) state(uuid string) (vcenter.VMState, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	ref, ok := x.vms[uuid]
-	return ref, ok
+	st, ok := x.vms[uuid]
+	return st, ok
 }
 
 func (x *vmIndex) forget(uuid string, ref vcenter.Ref) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if x.vms[uuid] == ref {
+	if x.vms[uuid].Ref == ref {
 		delete(x.vms, uuid)
 	}
 }
