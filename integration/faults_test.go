@@ -26,15 +26,15 @@ import (
 // behind serveFaultProxy, which injects vCenter faults by server name.
 const simulatorFaultsEnv = "VCAGENT_TEST_SIMULATOR_FAULTS"
 
-// renameTo matches the new name of a Rename_Task request: the agent renames
-// a new VM to "<display name> (<uuid>)" after creating it and copying its
-// disk, so a fault there leaves the most behind to clean up.
-var renameTo = regexp.MustCompile(`<Rename_Task\b[\s\S]*<newName>([^<]*)</newName>`)
+// createVMNamed matches the VM name of a CreateVM_Task request: the agent
+// creates the VM as "<display name> (<uuid>)" after copying its root disk
+// into the instance's directory, so a fault there leaves files to clean up.
+var createVMNamed = regexp.MustCompile(`<CreateVM_Task\b[\s\S]*?<name>([^<]*)</name>`)
 
 // serveFaultProxy serves HTTPS in front of the simulator at target and
-// returns its URL (with target's credentials). It fails Rename_Task with a
-// vSphere fault for VMs of servers named "failalways-*", and for those named
-// "failonce-*" the first time only; everything else passes through.
+// returns its URL (with target's credentials). It fails CreateVM_Task with
+// a vSphere fault for VMs of servers named "failalways-*", and for those
+// named "failonce-*" the first time only; everything else passes through.
 func serveFaultProxy(target *url.URL) *url.URL {
 	backend := &url.URL{Scheme: target.Scheme, Host: target.Host}
 	proxy := httputil.NewSingleHostReverseProxy(backend)
@@ -45,7 +45,7 @@ func serveFaultProxy(target *url.URL) *url.URL {
 		if r.Method == http.MethodPost && r.URL.Path == "/sdk" {
 			body, _ := io.ReadAll(r.Body)
 			r.Body = io.NopCloser(bytes.NewReader(body))
-			if m := renameTo.FindSubmatch(body); m != nil {
+			if m := createVMNamed.FindSubmatch(body); m != nil {
 				name := string(m[1])
 				mu.Lock()
 				fail := strings.HasPrefix(name, "failalways-") || strings.HasPrefix(name, "failonce-") && !failed[name]

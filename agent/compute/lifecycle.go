@@ -613,28 +613,44 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	if err != nil {
 		return fmt.Errorf("image %s: %w", imageID, err)
 	}
+	// The root disk is copied first and attached by CreateVM itself, and the
+	// VM gets its final name at once: nova's driver creates the VM, then
+	// attaches the disk (ReconfigVM) and renames it, 4 round trips more.
+	dir := vcenter.DatastorePath{Datastore: ds.Name, Path: uuid}
+	root, err := l.hv.CopyToInstance(ctx, cluster.Datacenter, cached, dir, rootGB)
+	if err != nil {
+		l.removeOrphanDir(ctx, cluster.Datacenter, dir, uuid)
+		return err
+	}
 	vm, err := l.hv.CreateVM(ctx, vcenter.VMSpec{
-		Name: uuid, InstanceUUID: uuid, NumCPUs: int32(vcpus), MemoryMB: mem, GuestID: "otherGuest",
+		Name: fmt.Sprintf("%s (%s)", inst.StringOrEmpty("display_name"), uuid), InstanceUUID: uuid,
+		NumCPUs: int32(vcpus), MemoryMB: mem, GuestID: "otherGuest",
 		Annotation:   fmt.Sprintf("name:%s\nuserid:%s\nprojectid:%s\nflavor:name:%s\nimageid:%s", inst.StringOrEmpty("display_name"), inst.StringOrEmpty("user_id"), inst.StringOrEmpty("project_id"), flavor.StringOrEmpty("name"), imageID),
 		ExtraConfig:  map[string]string{"nvp.vm-uuid": uuid},
 		ManagedByKey: extensionKey, ManagedByType: "instance",
 		Folder: folder, ResourcePool: cluster.ResourcePool, Datastore: ds.Ref,
-		DatastorePath: vcenter.DatastorePath{Datastore: ds.Name, Path: uuid + "/"}.String(), SCSIController: vcenter.SCSILsiLogic,
+		DatastorePath: dir.String() + "/", SCSIController: vcenter.SCSILsiLogic,
+		Disks: []string{root.String()},
 	})
 	if err != nil {
-		return err
-	}
-	root, err := l.hv.CopyToInstance(ctx, cluster.Datacenter, cached, vcenter.DatastorePath{Datastore: ds.Name, Path: uuid}, rootGB)
-	if err != nil {
-		return err
-	}
-	if _, err := l.hv.AttachDisk(ctx, vm.Ref, root.String(), 0, 0); err != nil {
-		return err
-	}
-	if err := l.hv.Rename(ctx, vm.Ref, fmt.Sprintf("%s (%s)", inst.StringOrEmpty("display_name"), uuid)); err != nil {
+		l.removeOrphanDir(ctx, cluster.Datacenter, dir, uuid)
 		return err
 	}
 	return l.hv.PowerOn(ctx, vm.Ref)
+}
+
+// removeOrphanDir deletes the instance's directory after a build failed
+// before its VM existed (the copied disk), unless a VM of the instance
+// exists: its files are then its own, and the build's clean-up destroys
+// the VM with them.
+func (l *lifecycle) removeOrphanDir(ctx context.Context, dc string, dir vcenter.DatastorePath, uuid string) {
+	ctx = context.WithoutCancel(ctx)
+	if _, err := l.hv.FindVMByInstanceUUID(ctx, uuid); !errors.Is(err, vcenter.ErrNotFound) {
+		return
+	}
+	if err := l.hv.DeleteDatastoreFile(ctx, dc, dir); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Str("path", dir.String()).Msg("removing the failed build's files failed")
+	}
 }
 
 // vmOf finds the instance's VM.

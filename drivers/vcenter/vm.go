@@ -87,6 +87,11 @@ type VMSpec struct {
 	// (SCSILsiLogic, SCSILsiLogicSAS, SCSIParaVirtual, SCSIBusLogic) on bus
 	// 0, for AttachDisk.
 	SCSIController string
+	// Disks are existing virtual disk files (e.g. "[ds] uuid/uuid.vmdk")
+	// attached at creation to the SCSI controller, at unit numbers 0, 1, …
+	// in order, which saves an AttachDisk (4 round trips) per disk. They
+	// need SCSIController.
+	Disks []string
 }
 
 // Disk is a virtual disk of a VM.
@@ -179,6 +184,9 @@ func (s *Session) CreateVM(ctx context.Context, spec VMSpec) (VM, error) {
 	if spec.ManagedByKey != "" {
 		cs.ManagedBy = &types.ManagedByInfo{ExtensionKey: spec.ManagedByKey, Type: spec.ManagedByType}
 	}
+	if len(spec.Disks) > 0 && spec.SCSIController == "" {
+		return VM{}, wrapErr(op, fmt.Errorf("%w: disks need a SCSI controller", ErrInvalidArgument))
+	}
 	if spec.SCSIController != "" {
 		ctrl, err := object.SCSIControllerTypes().CreateSCSIController(scsiTypes[spec.SCSIController])
 		if err != nil {
@@ -188,6 +196,23 @@ func (s *Session) CreateVM(ctx context.Context, spec VMSpec) (VM, error) {
 			Operation: types.VirtualDeviceConfigSpecOperationAdd,
 			Device:    ctrl,
 		})
+		ctrlKey := ctrl.GetVirtualDevice().Key
+		for i, file := range spec.Disks {
+			unit := int32(i)
+			cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{
+				Operation: types.VirtualDeviceConfigSpecOperationAdd,
+				Device: &types.VirtualDisk{VirtualDevice: types.VirtualDevice{
+					Key:           ctrlKey - 1 - unit, // new devices take distinct negative keys
+					ControllerKey: ctrlKey,
+					UnitNumber:    &unit,
+					Backing: &types.VirtualDiskFlatVer2BackingInfo{
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: file},
+						DiskMode:                     string(types.VirtualDiskModePersistent),
+						ThinProvisioned:              types.NewBool(true),
+					},
+				}},
+			})
+		}
 	}
 
 	res, err := s.runTask(ctx, c, op, func() (types.ManagedObjectReference, error) {

@@ -379,3 +379,43 @@ func TestRebootGuestWithoutToolsIsTyped(t *testing.T) {
 		t.Fatalf("RebootGuest without tools: %v", err)
 	}
 }
+
+// TestCreateVMWithDisks creates a VM with an existing disk file attached in
+// the same CreateVM_Task (no AttachDisk), in the directory that holds it.
+func TestCreateVMWithDisks(t *testing.T) {
+	t.Parallel()
+	e := newVMEnv(t)
+	ctx := t.Context()
+	uuid := "5b0e8f4e-6c1f-4f7e-9a38-2b7d0e9c4a11"
+	dir := DatastorePath{Datastore: e.ds.Name, Path: uuid}
+	disk := dir.Join(uuid + ".vmdk")
+	if err := e.s.MakeDirectory(ctx, e.cluster.Datacenter, dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.s.CreateVirtualDisk(ctx, e.cluster.Datacenter, disk, 2048, DiskKindThin); err != nil {
+		t.Fatal(err)
+	}
+	spec := e.spec(uuid)
+	spec.Name = "server (" + uuid + ")"
+	spec.Disks = []string{disk.String()}
+	calls := vmMeasure(t, e.s, "CreateVM with a disk", func() error {
+		vm, err := e.s.CreateVM(ctx, spec)
+		if err != nil {
+			return err
+		}
+		if len(vm.Disks) != 1 || vm.Disks[0].FileName != disk.String() || vm.Disks[0].UnitNumber != 0 || vm.Name != spec.Name {
+			t.Errorf("VM %s disks %+v", vm.Name, vm.Disks)
+		}
+		if len(vm.Controllers) != 1 || vm.Disks[0].ControllerKey != vm.Controllers[0] {
+			t.Errorf("disk on controller %d, VM controllers %v", vm.Disks[0].ControllerKey, vm.Controllers)
+		}
+		return nil
+	})
+	if calls["ReconfigVM_Task"] != 0 || calls["CreateVM_Task"] != 1 {
+		t.Errorf("calls %v: want the disk attached by CreateVM_Task alone", calls)
+	}
+	spec.SCSIController = ""
+	if _, err := e.s.CreateVM(ctx, spec); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("disks without a controller: %v, want ErrInvalidArgument", err)
+	}
+}
