@@ -54,6 +54,8 @@ type Images interface {
 // ImageCache keeps images on the datastores.
 type ImageCache interface {
 	Ensure(ctx context.Context, dc, ds, imageID string, fetch vcenter.FetchFunc, kind vcenter.DiskKind) (vcenter.DatastorePath, error)
+	// Forget makes the next Ensure check the datastore again.
+	Forget(dc, ds, imageID string)
 }
 
 // extensionKey is the managedBy extension of the VMs the agent creates, as
@@ -619,6 +621,9 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	dir := vcenter.DatastorePath{Datastore: ds.Name, Path: uuid}
 	root, err := l.hv.CopyToInstance(ctx, cluster.Datacenter, cached, dir, rootGB)
 	if err != nil {
+		if errors.Is(err, vcenter.ErrNotFound) {
+			l.cache.Forget(cluster.Datacenter, ds.Name, imageID) // removed behind the cache's back
+		}
 		l.removeOrphanDir(ctx, cluster.Datacenter, dir, uuid)
 		return err
 	}

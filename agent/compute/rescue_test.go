@@ -114,6 +114,8 @@ func (srImages) Download(context.Context, string, string) (io.ReadCloser, int64,
 
 type srCache struct{ got []string }
 
+func (c *srCache) Forget(string, string, string) {}
+
 func (c *srCache) Ensure(_ context.Context, dc, ds, id string, _ vcenter.FetchFunc, kind vcenter.DiskKind) (vcenter.DatastorePath, error) {
 	c.got = append(c.got, fmt.Sprintf("%s %s %s %s", dc, ds, id, kind))
 	return vcenter.DatastorePath{Datastore: ds, Path: "cache/" + id + "/" + id + ".vmdk"}, nil

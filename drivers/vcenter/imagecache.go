@@ -54,6 +54,10 @@ type ImageCache struct {
 
 	mu      sync.Mutex
 	flights map[cacheKey]*cacheFlight
+	// known are the images this cache put or found on their datastores:
+	// Ensure returns them without asking the datastore again (an HTTP
+	// HEAD per build). Forget drops one that turned out to be gone.
+	known map[cacheKey]DatastorePath
 }
 
 type cacheKey struct{ dc, ds, image string }
@@ -128,7 +132,8 @@ func (ic *ImageCache) Path(ds, imageID string) DatastorePath {
 // the cache or the staging folder. Other kinds fail with
 // ErrUnsupportedDiskKind.
 //
-// Cost when the image is cached: one HTTP HEAD, no SOAP call. When it is
+// Cost when this cache has seen the image on the datastore: nothing; when
+// the image is there but unseen: one HTTP HEAD, no SOAP call. When it is
 // not: MakeDirectory ×2, CreateVirtualDisk_Task, DeleteDatastoreFile_Task ×2,
 // MoveDatastoreFile_Task (each task plus its wait, usually 1-2
 // RetrievePropertiesEx), one HTTP HEAD and one HTTP PUT of the extent:
@@ -151,6 +156,10 @@ func (ic *ImageCache) Ensure(ctx context.Context, dc, ds, imageID string, fetch 
 	key := cacheKey{dc, ds, imageID}
 	for {
 		ic.mu.Lock()
+		if p, ok := ic.known[key]; ok {
+			ic.mu.Unlock()
+			return p, nil
+		}
 		f := ic.flights[key]
 		if f == nil {
 			f = &cacheFlight{done: make(chan struct{})}
@@ -159,6 +168,12 @@ func (ic *ImageCache) Ensure(ctx context.Context, dc, ds, imageID string, fetch 
 
 			f.path, f.err = ic.fill(ctx, op, dc, ds, imageID, fetch, kind)
 			ic.mu.Lock()
+			if f.err == nil {
+				if ic.known == nil {
+					ic.known = map[cacheKey]DatastorePath{}
+				}
+				ic.known[key] = f.path
+			}
 			delete(ic.flights, key)
 			ic.mu.Unlock()
 			close(f.done)
@@ -177,6 +192,15 @@ func (ic *ImageCache) Ensure(ctx context.Context, dc, ds, imageID string, fetch 
 		}
 		return f.path, f.err
 	}
+}
+
+// Forget makes the next Ensure of the image on the datastore check the
+// datastore again: call it when the cached file was found missing (removed
+// behind the cache's back).
+func (ic *ImageCache) Forget(dc, ds, imageID string) {
+	ic.mu.Lock()
+	delete(ic.known, cacheKey{dc, ds, imageID})
+	ic.mu.Unlock()
 }
 
 // fill puts one image into the cache unless it is there already.

@@ -422,3 +422,42 @@ func TestImageCacheVMDKRejects(t *testing.T) {
 type errReader struct{ err error }
 
 func (r *errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// TestImageCacheRemembers checks that an image the cache has put on a
+// datastore is returned without asking the datastore again, even if it
+// disappears there, until Forget; then it is fetched again.
+func TestImageCacheRemembers(t *testing.T) {
+	t.Parallel()
+	s := fileSession(t)
+	ctx := t.Context()
+	ic, err := NewImageCache(s, "m_base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fetches atomic.Int64
+	fetch := fetchBytes(bytes.Repeat([]byte{7}, 64*1024), &fetches)
+	p, err := ic.Ensure(ctx, simDC, simDS, "image-m", fetch, DiskKindPreallocated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteDatastoreFile(ctx, simDC, DatastorePath{Datastore: simDS, Path: "m_base/image-m"}); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Calls()
+	if again, err := ic.Ensure(ctx, simDC, simDS, "image-m", fetch, DiskKindPreallocated); err != nil || again != p {
+		t.Fatalf("second Ensure: %v %v, want %v", again, err, p)
+	}
+	if d := delta(before, s.Calls()); len(d) != 0 || fetches.Load() != 1 {
+		t.Errorf("second Ensure made calls %v and %d fetches, want none and 1", d, fetches.Load())
+	}
+	ic.Forget(simDC, simDS, "image-m")
+	if _, err := ic.Ensure(ctx, simDC, simDS, "image-m", fetch, DiskKindPreallocated); err != nil {
+		t.Fatal(err)
+	}
+	if fetches.Load() != 2 {
+		t.Errorf("after Forget: %d fetches, want the image fetched again", fetches.Load())
+	}
+	if ok, err := s.FileExists(ctx, simDC, p); !ok || err != nil {
+		t.Errorf("cached file after the refetch: %v %v", ok, err)
+	}
+}
