@@ -62,7 +62,8 @@ leftovers() {
   done
   # shellcheck disable=SC2013  # pids: one word per line
   for p in $(grep -lsaF -e "$WORK/etc/nova.conf" -e "$WORK/etc/glance-api.conf" \
-               -e "$WORK/etc/placement" -e "$WORK/lib/" -e "--datadir=$WORK/mysql" \
+               -e "$WORK/etc/placement" -e "$WORK/etc/cinder.conf" -e "$WORK/lib/" \
+               -e "--datadir=$WORK/mysql" \
                /proc/[0-9]*/cmdline 2>/dev/null); do
     p=${p#/proc/}; p=${p%/cmdline}
     [ -e "/proc/$p" ] || continue   # e.g. that grep itself

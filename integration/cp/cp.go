@@ -74,6 +74,15 @@ type Env struct {
 	LogDir                string            `json:"log_dir"`
 	RunDir                string            `json:"run_dir"`
 	Pids                  map[string]int    `json:"pids"`
+
+	// cinder-api and cinder-scheduler (no cinder-volume: the agent is the volume service)
+	CinderURL          string   `json:"cinder_url"` // http://127.0.0.1:18776/v3/<project>
+	CinderMicroversion string   `json:"cinder_microversion"`
+	CinderConf         string   `json:"cinder_conf"`     // cinder-api's and cinder-scheduler's config
+	CinderDB           string   `json:"cinder_db"`       // go-sql-driver/mysql DSN of the cinder database
+	CinderExchange     string   `json:"cinder_exchange"` // cinder's oslo.messaging exchange ("openstack")
+	CinderManageCmd    []string `json:"cinder_manage"`   // argv prefix of cinder-manage
+	Project            string   `json:"project"`         // the project of Token ("user:project")
 }
 
 // Rabbit is the broker and vhost of the control plane.

@@ -12,7 +12,9 @@ unset PYTHONPATH PYTHONHOME   # a caller's virtualenv / pyenv settings must not 
 # Settings fixed when WORK is created (stored in WORK/settings.env; later runs reuse them,
 # because the cell mapping in the DB records the transport URL and the ports end up in
 # every config). Delete WORK to change them.
-CP_FIXED_VARS="CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_TOKEN"
+# (A variable added to this list later, e.g. CP_CINDER_PORT, is taken from the environment
+# or its default the first time and then appended to an older WORK's settings.env.)
+CP_FIXED_VARS="CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_CINDER_PORT CP_TOKEN"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -21,6 +23,7 @@ load_settings() {
   local f=$WORK/settings.env v stored
   if [ -s "$f" ]; then
     for v in $CP_FIXED_VARS; do
+      grep -q "^$v=" "$f" || continue   # not fixed yet in this WORK (see save_settings)
       stored=$(sed -n "s/^$v=//p" "$f" | tr -d "'")
       if [ -n "${!v:-}" ] && [ "${!v}" != "$stored" ]; then
         log "note: $WORK was created with $v=$stored; ignoring $v=${!v} (delete WORK to change it)"
@@ -38,12 +41,16 @@ load_settings() {
   CP_PLACEMENT_PORT=${CP_PLACEMENT_PORT:-18778}
   CP_GLANCE_PORT=${CP_GLANCE_PORT:-19292}
   CP_NEUTRON_PORT=${CP_NEUTRON_PORT:-19696}   # the neutron *stub* (lib/neutron_stub.py)
+  CP_CINDER_PORT=${CP_CINDER_PORT:-18776}     # cinder-api (uwsgi)
   CP_TOKEN=${CP_TOKEN:-admin:admin}           # noauth2 token "user:project"; user admin is admin
   # free settings (read on every run)
   CP_DEBUG=${CP_DEBUG:-False}
   CP_REPORT_INTERVAL=${CP_REPORT_INTERVAL:-5}
   CP_SERVICE_DOWN_TIME=${CP_SERVICE_DOWN_TIME:-20}
   CP_DISCOVER_INTERVAL=${CP_DISCOVER_INTERVAL:-2}
+  # cinder-scheduler holds volume requests after its start until every known volume
+  # service has reported its capabilities, at most this long (cinder's default: 60 s)
+  CP_CINDER_SCHED_WAIT=${CP_CINDER_SCHED_WAIT:-10}
   # placeholders of WORK/etc/nova-compute.conf (the config a Python nova-compute with the
   # VMware driver would read; defaults = govmomi's vcsim)
   CP_COMPUTE_HOST=${CP_COMPUTE_HOST:-vcagent-1}
@@ -59,8 +66,15 @@ load_settings() {
   PLACEMENT_URL=http://127.0.0.1:$CP_PLACEMENT_PORT
   GLANCE_URL=http://127.0.0.1:$CP_GLANCE_PORT
   NEUTRON_URL=http://127.0.0.1:$CP_NEUTRON_PORT
+  # cinder: the project of the token ("user:project") in the URL, as a keystone catalog
+  # would give it. cinder routes a project id in a URL only if it matches
+  # project_id_regex (default: hex ids of keystone), hence that project is added to it.
+  CP_PROJECT=${CP_TOKEN#*:}
+  CINDER_ROOT=http://127.0.0.1:$CP_CINDER_PORT
+  CINDER_URL=$CINDER_ROOT/v3/$CP_PROJECT
+  CINDER_PROJECT_ID_REGEX="[0-9a-f\\-]+|$(printf '%s' "$CP_PROJECT" | sed 's/[][\\.^$*+?(){}|]/\\&/g')"
   # shellcheck disable=SC2034  # used by up.sh
-  DB_NAMES="nova_api nova_cell0 nova placement glance"
+  DB_NAMES="nova_api nova_cell0 nova placement glance cinder"
   # the private mariadbd's unix socket; a socket path must stay under 108 bytes
   # (sun_path), so a long WORK gets a socket in /tmp named after WORK's checksum
   MYSQL_SOCK=$WORK/run/mysqld.sock
@@ -68,21 +82,29 @@ load_settings() {
     MYSQL_SOCK=/tmp/vcagent-cp-$(printf '%s' "$WORK" | cksum | cut -d' ' -f1).sock
   fi
   DB_NOVA_API=$(db_url nova_api); DB_NOVA_CELL0=$(db_url nova_cell0); DB_NOVA=$(db_url nova)
-  DB_PLACEMENT=$(db_url placement); DB_GLANCE=$(db_url glance)
+  DB_PLACEMENT=$(db_url placement); DB_GLANCE=$(db_url glance); DB_CINDER=$(db_url cinder)
+  # the cinder database for Go's go-sql-driver/mysql (user cp: password auth works for any
+  # client uid, root is unix_socket-authenticated)
+  CINDER_GO_DSN="cp:cp@unix($MYSQL_SOCK)/cinder?parseTime=true"
   # exported for render (templates use @NAME@)
   export WORK CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS \
-    CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_TOKEN CP_DEBUG \
+    CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_CINDER_PORT CP_TOKEN CP_DEBUG \
     CP_REPORT_INTERVAL CP_SERVICE_DOWN_TIME CP_DISCOVER_INTERVAL CP_COMPUTE_HOST \
     CP_VC_HOST CP_VC_PORT CP_VC_USER CP_VC_PASS CP_VC_CLUSTER CP_VC_DATASTORE_REGEX \
     TRANSPORT_URL NOVA_URL PLACEMENT_URL GLANCE_URL NEUTRON_URL MYSQL_SOCK \
-    DB_NOVA_API DB_NOVA_CELL0 DB_NOVA DB_PLACEMENT DB_GLANCE
+    DB_NOVA_API DB_NOVA_CELL0 DB_NOVA DB_PLACEMENT DB_GLANCE DB_CINDER CINDER_GO_DSN \
+    CP_PROJECT CINDER_ROOT CINDER_URL CINDER_PROJECT_ID_REGEX CP_CINDER_SCHED_WAIT
 }
 
 save_settings() {
   local f=$WORK/settings.env v
-  [ -s "$f" ] && return 0
-  { echo "# fixed at creation of this work dir (see integration/controlplane/lib/common.sh)"
-    for v in $CP_FIXED_VARS; do printf "%s='%s'\n" "$v" "${!v}"; done; } > "$f"
+  if [ ! -s "$f" ]; then
+    echo "# fixed at creation of this work dir (see integration/controlplane/lib/common.sh)" > "$f"
+  fi
+  # all of them for a new WORK; those added since for an older one
+  for v in $CP_FIXED_VARS; do
+    grep -q "^$v=" "$f" || printf "%s='%s'\n" "$v" "${!v}" >> "$f"
+  done
 }
 
 # db_url NAME: SQLAlchemy URL of database NAME in the private mariadbd
@@ -156,3 +178,10 @@ novacurl() {
 }
 
 nova_manage() { $BIN/nova-manage --config-file "$WORK/etc/nova.conf" "$@"; }
+
+# cinder REST: cindercurl METHOD PATH [JSON] -> body on stdout; fails on HTTP >= 400
+# (PATH below /v3/<project>)
+cindercurl() {
+  curl -sS -f -X "$1" -H "X-Auth-Token: $CP_TOKEN" -H 'Content-Type: application/json' \
+    -H 'OpenStack-API-Version: volume 3.70' ${3:+-d "$3"} "$CINDER_URL$2"
+}
