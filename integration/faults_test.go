@@ -147,15 +147,7 @@ func TestFailedBuildIsRescheduledOrErrors(t *testing.T) {
 	if vm, err := vc.FindVMByInstanceUUID(ctx, always); err == nil {
 		t.Errorf("the failed build left VM %s (%s) behind", vm.Ref.Value, vm.Name)
 	}
-	clusters, err := vc.Clusters(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ds := range clusters[0].Datastores {
-		if ok, err := vc.FileExists(ctx, clusters[0].Datacenter, vcenter.DatastorePath{Datastore: ds.Name, Path: always}); ok || err != nil {
-			t.Errorf("the failed build left [%s] %s behind (%v)", ds.Name, always, err)
-		}
-	}
+	noInstanceFiles(t, vc, always)
 	noAllocations(t, ctrl, always)
 
 	for _, id := range []string{once, always} {
@@ -167,6 +159,7 @@ func TestFailedBuildIsRescheduledOrErrors(t *testing.T) {
 	if _, err := vc.FindVMByInstanceUUID(ctx, once); err == nil {
 		t.Errorf("VM of deleted server %s still in vCenter", once)
 	}
+	noInstanceFiles(t, vc, once)
 }
 
 // buildEventHosts returns the hosts of the server's build attempts, in

@@ -321,6 +321,10 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	t.Logf("delete: gone after %s", time.Since(t0).Round(time.Millisecond))
+	if _, err := vc.FindVMByInstanceUUID(ctx, id); err == nil {
+		t.Errorf("VM of deleted server %s still in vCenter", id)
+	}
+	noInstanceFiles(t, vc, id)
 
 	// The schedulers heard of the new instance and of its deletion.
 	heard := map[string]bool{}
@@ -429,4 +433,20 @@ func scrapeCounters(t *testing.T, ops string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// noInstanceFiles checks that no datastore keeps a directory of the
+// instance (its VM's files, its root disk).
+func noInstanceFiles(t *testing.T, vc *vcenter.Session, uuid string) {
+	t.Helper()
+	ctx := context.Background()
+	clusters, err := vc.Clusters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ds := range clusters[0].Datastores {
+		if ok, err := vc.FileExists(ctx, clusters[0].Datacenter, vcenter.DatastorePath{Datastore: ds.Name, Path: uuid}); ok || err != nil {
+			t.Errorf("[%s] %s left behind (%v)", ds.Name, uuid, err)
+		}
+	}
 }

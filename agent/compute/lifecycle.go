@@ -634,7 +634,9 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 		ExtraConfig:  map[string]string{"nvp.vm-uuid": uuid},
 		ManagedByKey: extensionKey, ManagedByType: "instance",
 		Folder: folder, ResourcePool: cluster.ResourcePool, Datastore: ds.Ref,
-		DatastorePath: dir.String() + "/", SCSIController: vcenter.SCSILsiLogic,
+		// The .vmx named in full: given only the directory, which the copy
+		// has made already, vCenter would put the VM in a new one beside it.
+		DatastorePath: dir.Join(uuid + ".vmx").String(), SCSIController: vcenter.SCSILsiLogic,
 		Disks: []string{root.String()},
 	})
 	if err != nil {

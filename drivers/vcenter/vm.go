@@ -78,9 +78,11 @@ type VMSpec struct {
 	Folder       Ref
 	ResourcePool Ref
 	// Datastore holds the VM's files. DatastorePath, e.g. "[ds] uuid/", is
-	// the directory for them; when empty the path is "[<datastore name>]"
-	// and vCenter names the directory after the VM (1 more round trip to
-	// read the datastore's name).
+	// the directory for them, or the .vmx file itself ("[ds] uuid/uuid.vmx")
+	// to put the VM in a directory that exists already (given the bare
+	// directory, vCenter then makes a new one beside it); when empty the
+	// path is "[<datastore name>]" and vCenter names the directory after
+	// the VM (1 more round trip to read the datastore's name).
 	Datastore     Ref
 	DatastorePath string
 	// SCSIController, if set, adds one SCSI controller of that type

@@ -398,10 +398,16 @@ func TestCreateVMWithDisks(t *testing.T) {
 	spec := e.spec(uuid)
 	spec.Name = "server (" + uuid + ")"
 	spec.Disks = []string{disk.String()}
+	spec.DatastorePath = dir.Join(uuid + ".vmx").String()
+	var created VM
 	calls := vmMeasure(t, e.s, "CreateVM with a disk", func() error {
 		vm, err := e.s.CreateVM(ctx, spec)
 		if err != nil {
 			return err
+		}
+		created = vm
+		if vm.VMPathName != spec.DatastorePath {
+			t.Errorf("VM files at %s, want in the disk's directory, %s", vm.VMPathName, spec.DatastorePath)
 		}
 		if len(vm.Disks) != 1 || vm.Disks[0].FileName != disk.String() || vm.Disks[0].UnitNumber != 0 || vm.Name != spec.Name {
 			t.Errorf("VM %s disks %+v", vm.Name, vm.Disks)
@@ -413,6 +419,13 @@ func TestCreateVMWithDisks(t *testing.T) {
 	})
 	if calls["ReconfigVM_Task"] != 0 || calls["CreateVM_Task"] != 1 {
 		t.Errorf("calls %v: want the disk attached by CreateVM_Task alone", calls)
+	}
+	// Destroying the VM removes the directory with the disk.
+	if err := e.s.Destroy(ctx, created.Ref); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := e.s.FileExists(ctx, e.cluster.Datacenter, dir); ok || err != nil {
+		t.Errorf("%s after Destroy: exists %v (%v)", dir, ok, err)
 	}
 	spec.SCSIController = ""
 	if _, err := e.s.CreateVM(ctx, spec); !errors.Is(err, ErrInvalidArgument) {
