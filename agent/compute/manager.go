@@ -201,6 +201,26 @@ func (m *Manager) Run(ctx context.Context) error {
 			"rescue_instance":               m.life.RescueInstance,
 			"unrescue_instance":             m.life.UnrescueInstance,
 			"rebuild_instance":              m.life.RebuildInstance,
+
+			// snapshot and shelve (snapshot.go, shelve.go)
+			"snapshot_instance":       m.life.SnapshotInstance,
+			"shelve_instance":         m.life.ShelveInstance,
+			"shelve_offload_instance": m.life.ShelveOffloadInstance,
+			"unshelve_instance":       m.life.UnshelveInstance,
+
+			// resize, cold and live migration (resize.go, livemigrate.go)
+			"prep_resize":                            m.life.PrepResize,
+			"resize_instance":                        m.life.ResizeInstance,
+			"finish_resize":                          m.life.FinishResize,
+			"confirm_resize":                         m.life.ConfirmResize,
+			"revert_resize":                          m.life.RevertResize,
+			"finish_revert_resize":                   m.life.FinishRevertResize,
+			"check_can_live_migrate_destination":     m.life.CheckCanLiveMigrateDestination,
+			"check_can_live_migrate_source":          m.life.CheckCanLiveMigrateSource,
+			"pre_live_migration":                     m.life.PreLiveMigration,
+			"live_migration":                         m.life.LiveMigration,
+			"post_live_migration_at_destination":     m.life.PostLiveMigrationAtDestination,
+			"rollback_live_migration_at_destination": m.life.RollbackLiveMigrationAtDestination,
 		})),
 		DrainTimeout: m.cfg.DrainTimeout,
 		OnConsuming:  m.onConsuming,

@@ -650,19 +650,15 @@ func (l *lifecycle) RestoreInstance(ctx context.Context, req *rpc.Request) (any,
 // answer only keeps the instance from hanging in its task state.
 var pendingMethods = []string{ //nolint:gochecknoglobals // a table
 	"add_fixed_ip_to_instance", "attach_interface", "attach_volume", "backup_instance",
-	"check_can_live_migrate_destination", "check_can_live_migrate_source",
-	"confirm_resize", "confirm_snapshot_based_resize_at_source",
+	"confirm_snapshot_based_resize_at_source",
 	"detach_interface", "detach_volume", "drop_move_claim_at_destination",
-	"finish_resize", "finish_revert_resize", "finish_revert_snapshot_based_resize_at_source",
-	"finish_snapshot_based_resize_at_dest", "live_migration", "live_migration_abort",
-	"post_live_migration_at_destination", "pre_live_migration", "prep_resize",
+	"finish_revert_snapshot_based_resize_at_source",
+	"finish_snapshot_based_resize_at_dest", "live_migration_abort",
 	"prep_snapshot_based_resize_at_dest", "prep_snapshot_based_resize_at_source",
 	"remove_fixed_ip_from_instance", "remove_volume_connection",
-	"reserve_block_device_name", "resize_instance",
-	"revert_resize", "revert_snapshot_based_resize_at_dest",
-	"rollback_live_migration_at_destination", "shelve_instance", "shelve_offload_instance",
-	"snapshot_instance", "swap_volume",
-	"unshelve_instance",
+	"reserve_block_device_name",
+	"revert_snapshot_based_resize_at_dest",
+	"swap_volume",
 }
 
 // pending is the stopgap handler of a pending method.
