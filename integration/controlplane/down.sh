@@ -63,6 +63,7 @@ leftovers() {
   # shellcheck disable=SC2013  # pids: one word per line
   for p in $(grep -lsaF -e "$WORK/etc/nova.conf" -e "$WORK/etc/glance-api.conf" \
                -e "$WORK/etc/placement" -e "$WORK/etc/cinder.conf" -e "$WORK/lib/" \
+               -e "$WORK/etc/neutron.conf" \
                -e "--datadir=$WORK/mysql" \
                /proc/[0-9]*/cmdline 2>/dev/null); do
     p=${p#/proc/}; p=${p%/cmdline}

@@ -2,8 +2,10 @@
 # up.sh WORK — bring up a real OpenStack Zed control plane from Debian bookworm's packages
 # for end-to-end tests of vcagent: nova-api, nova-conductor, nova-scheduler, placement-api,
 # glance-api, cinder-api, cinder-scheduler (no cinder-volume: the agent is the volume
-# service) and a neutron stub, on a private MariaDB (unix socket under WORK) and the
-# RabbitMQ vhost $CP_VHOST (default vcagent_cp). No keystone: noauth2, token admin:admin.
+# service), a neutron stub (what nova uses) and a real neutron-server (ML2, mechanism
+# driver vmware_dvs from contrib/neutron, on its own port), on a private MariaDB (unix
+# socket under WORK) and the RabbitMQ vhost $CP_VHOST (default vcagent_cp). No keystone:
+# noauth2, token admin:admin.
 #
 # Idempotent: installs what is missing, skips what is done, starts what is not running.
 # Writes WORK/env (shell), WORK/env.json and WORK/etc/nova-compute.conf (the config a
@@ -24,14 +26,14 @@ flock -w 1800 9 || die "could not lock $WORK/.updown.lock"
 
 load_settings
 save_settings
-mkdir -p "$WORK"/{etc/placement,lib,log,run,lock/nova,lock/compute,lock/placement,lock/glance,lock/cinder,state/nova,state/compute,state/cinder/coordination,glance/images,glance/staging}
+mkdir -p "$WORK"/{etc/placement,lib,log,run,lock/nova,lock/compute,lock/placement,lock/glance,lock/cinder,state/nova,state/compute,state/cinder/coordination,glance/images,glance/staging,lock/neutron,state/neutron,lib/python,cache}
 
 elapsed() { awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 FRESH=0; [ -d "$WORK/mysql/mysql" ] || FRESH=1
 
 # ---------------------------------------------------------------- packages
 PKGS="nova-api nova-conductor nova-scheduler placement-api glance-api cinder-api cinder-scheduler
-python3-cinder uwsgi-plugin-python3 python3-openstackclient python3-osc-placement python3-pymysql
+python3-cinder neutron-server python3-neutron uwsgi-plugin-python3 python3-openstackclient python3-osc-placement python3-pymysql
 mariadb-server mariadb-client curl eatmydata"
 install_pkgs() {
   local pkgs=$PKGS missing="" p
@@ -66,7 +68,8 @@ install_pkgs() {
 preflight() {
   local spec name port
   for spec in neutron-stub:$CP_NEUTRON_PORT placement-api:$CP_PLACEMENT_PORT \
-              glance-api:$CP_GLANCE_PORT nova-api:$CP_NOVA_PORT cinder-api:$CP_CINDER_PORT; do
+              glance-api:$CP_GLANCE_PORT nova-api:$CP_NOVA_PORT cinder-api:$CP_CINDER_PORT \
+              neutron-server:$CP_NEUTRON_SERVER_PORT; do
     name=${spec%%:*}; port=${spec##*:}
     if ! is_running "$name" && port_busy "$port"; then
       die "port $port (for $name) is in use by another process ($(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -1)); stop it or set CP_*_PORT for a new WORK"
@@ -105,10 +108,16 @@ write_configs() {
   render "$t/placement.conf"     "$e/placement/placement.conf"
   render "$t/glance-api.conf"    "$e/glance-api.conf"
   render "$t/cinder.conf"        "$e/cinder.conf"
+  render "$t/neutron.conf"       "$e/neutron.conf"
+  render "$t/ml2_conf.ini"       "$e/ml2_conf.ini"
   cp "$t/glance-policy.yaml" "$e/glance-policy.yaml"
   # the running services use copies under WORK, not the checkout
   cp "$CP_DIR/lib/cp_noauth.py" "$CP_DIR/lib/cp_cinder_noauth.py" "$CP_DIR/lib/neutron_stub.py" \
-     "$CP_DIR/lib/nova_db_setup.py" "$WORK/lib/"
+     "$CP_DIR/lib/nova_db_setup.py" "$CP_DIR/lib/cp_neutron_noauth.py" "$WORK/lib/"
+  # the vmware_dvs ML2 driver (contrib/neutron) into WORK/lib/python, with the egg-info
+  # whose entry point neutron's stevedore loads; on neutron-server's python path only
+  [ -x "$CP_NEUTRON_CONTRIB/install.sh" ] || die "no $CP_NEUTRON_CONTRIB/install.sh (set CP_NEUTRON_CONTRIB)"
+  "$CP_NEUTRON_CONTRIB/install.sh" "$WORK/lib/python" >/dev/null
   # Debian's nova paste pipeline with our noauth filter instead of noauth2's
   sed -e 's|^\(paste.filter_factory *= *\)nova.api.openstack.auth:NoAuthMiddleware.factory|\1cp_noauth:NoAuthKeepToken.factory|' \
     /etc/nova/api-paste.ini > "$e/nova-api-paste.ini.tmp"
@@ -121,6 +130,12 @@ write_configs() {
   grep -q 'cp_cinder_noauth:NoAuthAdminOnly.factory' "$e/cinder-api-paste.ini.tmp" \
     || die "/etc/cinder/api-paste.ini has no noauth filter to replace"
   mv "$e/cinder-api-paste.ini.tmp" "$e/cinder-api-paste.ini"
+  # and neutron's, with lib/cp_neutron_noauth.py instead of the fake_project_id filter
+  sed -e 's|^\(paste.filter_factory *= *\)neutron.auth:NoauthFakeProjectId.factory|\1cp_neutron_noauth:NoauthUserProject.factory|' \
+    /etc/neutron/api-paste.ini > "$e/neutron-api-paste.ini.tmp"
+  grep -q 'cp_neutron_noauth:NoauthUserProject.factory' "$e/neutron-api-paste.ini.tmp" \
+    || die "/etc/neutron/api-paste.ini has no fake_project_id filter to replace"
+  mv "$e/neutron-api-paste.ini.tmp" "$e/neutron-api-paste.ini"
 }
 
 # ---------------------------------------------------------------- MariaDB
@@ -164,7 +179,7 @@ start_db() {
 # step NAME CMD...: run CMD once per work dir (marker in WORK/state), so that a failed run
 # resumes where it stopped. A schema step that has not completed starts over from empty
 # databases: MySQL DDL is not transactional, an interrupted migration cannot be resumed.
-declare -A STEP_DBS=([nova-db]="nova_api nova_cell0 nova" [placement-db]=placement [glance-db]=glance [cinder-db]=cinder)
+declare -A STEP_DBS=([nova-db]="nova_api nova_cell0 nova" [placement-db]=placement [glance-db]=glance [cinder-db]=cinder [neutron-db]=neutron)
 step() {
   local name=$1 m=$WORK/state/.done-$1 n sql=; shift
   [ -e "$m" ] && return 0
@@ -184,6 +199,11 @@ sync_nova() {
 
 sync_cinder() {
   step cinder-db $BIN/cinder-manage --config-file "$WORK/etc/cinder.conf" db sync
+}
+
+sync_neutron() {
+  step neutron-db $BIN/neutron-db-manage --config-file "$WORK/etc/neutron.conf" \
+    --config-file "$WORK/etc/ml2_conf.ini" upgrade heads
 }
 
 # ---------------------------------------------------------------- services
@@ -222,6 +242,27 @@ start_cinder() {
     --pyargv "--config-file $WORK/etc/cinder.conf --log-file $WORK/log/cinder-api.log" \
     --pythonpath "$WORK/lib" --buffer-size 65535 \
     --processes 1 --threads 4 --master --die-on-term --need-app --lazy-apps
+}
+
+# neutron-server (Debian's console script: parent, 1 API, 1 RPC, 1 state-report and a
+# periodic worker, one process group) with the vmware_dvs driver from WORK/lib/python
+# (found by its entry point; stevedore's cache under WORK/cache) and the noauth filter
+# from WORK/lib. nova does not use it (nova.conf points at the stub).
+start_neutron_server() {
+  PYTHONPATH=$WORK/lib/python:$WORK/lib XDG_CACHE_HOME=$WORK/cache PYTHONDONTWRITEBYTECODE=1 \
+    start_bg neutron-server "$CP_NEUTRON_SERVER_PORT" $BIN/neutron-server \
+    --config-file "$WORK/etc/neutron.conf" --config-file "$WORK/etc/ml2_conf.ini" \
+    --log-file "$WORK/log/neutron-server.log"
+}
+
+# neutron's API answers (only once ML2 and its drivers are loaded)
+wait_neutron_server() {
+  for _ in $(seq 1 720); do
+    is_running neutron-server || die "neutron-server exited; see $WORK/log/neutron-server.*"
+    curl -sf -m 2 -o /dev/null -H "X-Auth-Token: $CP_TOKEN" "$NEUTRON_SERVER_URL/v2.0/networks" && return 0
+    sleep 0.25
+  done
+  die "neutron-server: no answer from $NEUTRON_SERVER_URL/v2.0/networks after 180 s; see $WORK/log/neutron-server.*"
 }
 
 # cinder-scheduler is up in cinder's os-services (it registers when it starts)
@@ -291,6 +332,7 @@ export CP_TRANSPORT_URL='$TRANSPORT_URL'
 export CP_NOVA_URL='$NOVA_URL' CP_PLACEMENT_URL='$PLACEMENT_URL' CP_GLANCE_URL='$GLANCE_URL' CP_NEUTRON_URL='$NEUTRON_URL'
 export CP_NOVA_CONF='$WORK/etc/nova.conf' CP_NOVA_COMPUTE_CONF='$WORK/etc/nova-compute.conf'
 export CP_CINDER_URL='$CINDER_URL' CP_CINDER_CONF='$WORK/etc/cinder.conf' CP_CINDER_DB='$CINDER_GO_DSN'
+export CP_NEUTRON_SERVER_URL='$NEUTRON_SERVER_URL' CP_NEUTRON_CONF='$WORK/etc/neutron.conf'
 # the openstack CLI without keystone: keystoneauth's admin_token plugin (fixed token, one
 # fixed endpoint for every service; OS_*_ENDPOINT_OVERRIDE is ignored by it). OS_ENDPOINT
 # is nova; glance and placement commands need --os-endpoint (os_image / os_placement).
@@ -304,6 +346,9 @@ os_volume()      { /usr/bin/openstack --os-endpoint '$CINDER_URL' --os-volume-ap
 cp_cinder_manage() { /usr/bin/cinder-manage --config-file '$WORK/etc/cinder.conf' "\$@"; }
 # raw cinder REST at microversion 3.70: cp_ccurl METHOD PATH [JSON]   (PATH below /v3/$CP_PROJECT)
 cp_ccurl() { curl -s -X "\$1" -H 'X-Auth-Token: $CP_TOKEN' -H 'Content-Type: application/json' -H 'OpenStack-API-Version: volume 3.70' \${3:+-d "\$3"} '$CINDER_URL'"\$2"; }
+# the real neutron-server (not nova's stub): os_network network list, cp_ncurl GET /v2.0/agents
+os_network() { /usr/bin/openstack --os-endpoint '$NEUTRON_SERVER_URL' "\$@"; }
+cp_ncurl() { curl -s -X "\$1" -H 'X-Auth-Token: $CP_TOKEN' -H 'Content-Type: application/json' \${3:+-d "\$3"} '$NEUTRON_SERVER_URL'"\$2"; }
 # raw nova REST at microversion 2.93: cp_curl METHOD PATH [JSON]   (PATH below /v2.1)
 cp_curl() { curl -s -X "\$1" -H 'X-Auth-Token: $CP_TOKEN' -H 'Content-Type: application/json' -H 'OpenStack-API-Version: compute 2.93' \${3:+-d "\$3"} '$NOVA_URL'"\$2"; }
 ENV
@@ -318,7 +363,7 @@ def pid(name):
     except (OSError, ValueError):
         return None
 services = ['mysqld', 'neutron-stub', 'placement-api', 'glance-api',
-            'nova-conductor', 'nova-scheduler', 'nova-api', 'cinder-api', 'cinder-scheduler']
+            'nova-conductor', 'nova-scheduler', 'nova-api', 'cinder-api', 'cinder-scheduler', 'neutron-server']
 d = {
     'work': w,
     'transport_url': e['TRANSPORT_URL'],
@@ -344,6 +389,11 @@ d = {
     'cinder_exchange': 'openstack',
     'cinder_manage': ['/usr/bin/cinder-manage', '--config-file', os.path.join(w, 'etc', 'cinder.conf')],
     'project': e['CP_PROJECT'],
+    'neutron_server_url': e['NEUTRON_SERVER_URL'],
+    'neutron_exchange': 'neutron',
+    'neutron_conf': os.path.join(w, 'etc', 'neutron.conf'),
+    'ml2_conf': os.path.join(w, 'etc', 'ml2_conf.ini'),
+    'neutron_agent_down_time': int(e['CP_NEUTRON_AGENT_DOWN_TIME']),
     'compute_host': e['CP_COMPUTE_HOST'],
     'cell': 'cell1',
     'report_interval': int(e['CP_REPORT_INTERVAL']),
@@ -352,7 +402,8 @@ d = {
     'mysql_socket': e['MYSQL_SOCK'],
     'databases': {'nova_api': e['DB_NOVA_API'], 'nova_cell0': e['DB_NOVA_CELL0'],
                   'nova': e['DB_NOVA'], 'placement': e['DB_PLACEMENT'],
-                  'glance': e['DB_GLANCE'], 'cinder': e['DB_CINDER']},
+                  'glance': e['DB_GLANCE'], 'cinder': e['DB_CINDER'],
+                  'neutron': e['DB_NEUTRON']},
     'nova_manage': ['/usr/bin/nova-manage', '--config-file', os.path.join(w, 'etc', 'nova.conf')],
     'openstack_env': {'OS_AUTH_TYPE': 'admin_token', 'OS_TOKEN': e['CP_TOKEN'],
                       'OS_ENDPOINT': e['NOVA_URL'], 'OS_COMPUTE_API_VERSION': '2.92'},
@@ -384,6 +435,8 @@ log "mariadb ready ($(elapsed) s)"
 NOVA_SYNC_JOB=$!
 ( sync_cinder ) >> "$WORK/log/cinder-db-sync.log" 2>&1 &
 CINDER_SYNC_JOB=$!
+( sync_neutron ) >> "$WORK/log/neutron-db-sync.log" 2>&1 &
+NEUTRON_SYNC_JOB=$!
 start_neutron_stub
 step placement-db $BIN/placement-manage --config-file "$WORK/etc/placement/placement.conf" db sync \
   >>"$WORK/log/placement-db-sync.log" 2>&1 || die "placement db sync failed; see $WORK/log/placement-db-sync.log"
@@ -393,6 +446,8 @@ step glance-db $BIN/glance-manage --config-file "$WORK/etc/glance-api.conf" db_s
 start_glance
 wait $CINDER_SYNC_JOB || die "cinder db sync failed; see $WORK/log/cinder-db-sync.log"
 start_cinder
+wait $NEUTRON_SYNC_JOB || die "neutron db sync failed; see $WORK/log/neutron-db-sync.log"
+start_neutron_server
 wait $NOVA_SYNC_JOB || die "nova db sync failed; see $WORK/log/nova-db-sync.log"
 wait $RABBIT_JOB || { cat "$WORK/log/rabbit-setup.log" >&2; die "RabbitMQ setup failed"; }
 grep '^\[' "$WORK/log/rabbit-setup.log" >&2 || true
@@ -408,6 +463,8 @@ log "nova services up ($(elapsed) s)"
 wait_http cinder-api "$CINDER_ROOT/" 180
 wait_cinder_services
 log "cinder services up ($(elapsed) s)"
+wait_neutron_server
+log "neutron-server up ($(elapsed) s)"
 note_old_nova_api
 step flavors create_flavors
 write_env

@@ -83,6 +83,14 @@ type Env struct {
 	CinderExchange     string   `json:"cinder_exchange"` // cinder's oslo.messaging exchange ("openstack")
 	CinderManageCmd    []string `json:"cinder_manage"`   // argv prefix of cinder-manage
 	Project            string   `json:"project"`         // the project of Token ("user:project")
+
+	// the real neutron-server (ML2, mechanism driver vmware_dvs from contrib/neutron) on a
+	// port of its own; nova still uses the stub at NeutronURL
+	NeutronServerURL     string `json:"neutron_server_url"`      // http://127.0.0.1:19697 (API below /v2.0)
+	NeutronExchange      string `json:"neutron_exchange"`        // neutron's oslo.messaging exchange ("neutron")
+	NeutronConf          string `json:"neutron_conf"`            // neutron-server's config
+	ML2Conf              string `json:"ml2_conf"`                // its ml2_conf.ini
+	NeutronAgentDownTime int    `json:"neutron_agent_down_time"` // seconds an agent stays alive after a report
 }
 
 // Rabbit is the broker and vhost of the control plane.

@@ -14,7 +14,7 @@ unset PYTHONPATH PYTHONHOME   # a caller's virtualenv / pyenv settings must not 
 # every config). Delete WORK to change them.
 # (A variable added to this list later, e.g. CP_CINDER_PORT, is taken from the environment
 # or its default the first time and then appended to an older WORK's settings.env.)
-CP_FIXED_VARS="CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_CINDER_PORT CP_TOKEN"
+CP_FIXED_VARS="CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_CINDER_PORT CP_TOKEN CP_NEUTRON_SERVER_PORT"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -43,6 +43,7 @@ load_settings() {
   CP_NEUTRON_PORT=${CP_NEUTRON_PORT:-19696}   # the neutron *stub* (lib/neutron_stub.py)
   CP_CINDER_PORT=${CP_CINDER_PORT:-18776}     # cinder-api (uwsgi)
   CP_TOKEN=${CP_TOKEN:-admin:admin}           # noauth2 token "user:project"; user admin is admin
+  CP_NEUTRON_SERVER_PORT=${CP_NEUTRON_SERVER_PORT:-19697}   # the real neutron-server (nova keeps the stub)
   # free settings (read on every run)
   CP_DEBUG=${CP_DEBUG:-False}
   CP_REPORT_INTERVAL=${CP_REPORT_INTERVAL:-5}
@@ -51,6 +52,11 @@ load_settings() {
   # cinder-scheduler holds volume requests after its start until every known volume
   # service has reported its capabilities, at most this long (cinder's default: 60 s)
   CP_CINDER_SCHED_WAIT=${CP_CINDER_SCHED_WAIT:-10}
+  # neutron-server: an agent is alive while its last report_state is younger than this
+  CP_NEUTRON_AGENT_DOWN_TIME=${CP_NEUTRON_AGENT_DOWN_TIME:-75}
+  CP_NEUTRON_VLAN_RANGES=${CP_NEUTRON_VLAN_RANGES:-physnet1:100:199}
+  # the vmware_dvs ML2 driver's source (contrib/neutron of the checkout)
+  CP_NEUTRON_CONTRIB=${CP_NEUTRON_CONTRIB:-$(cd "$CP_DIR/../.." && pwd)/contrib/neutron}
   # placeholders of WORK/etc/nova-compute.conf (the config a Python nova-compute with the
   # VMware driver would read; defaults = govmomi's vcsim)
   CP_COMPUTE_HOST=${CP_COMPUTE_HOST:-vcagent-1}
@@ -66,6 +72,7 @@ load_settings() {
   PLACEMENT_URL=http://127.0.0.1:$CP_PLACEMENT_PORT
   GLANCE_URL=http://127.0.0.1:$CP_GLANCE_PORT
   NEUTRON_URL=http://127.0.0.1:$CP_NEUTRON_PORT
+  NEUTRON_SERVER_URL=http://127.0.0.1:$CP_NEUTRON_SERVER_PORT
   # cinder: the project of the token ("user:project") in the URL, as a keystone catalog
   # would give it. cinder routes a project id in a URL only if it matches
   # project_id_regex (default: hex ids of keystone), hence that project is added to it.
@@ -74,7 +81,7 @@ load_settings() {
   CINDER_URL=$CINDER_ROOT/v3/$CP_PROJECT
   CINDER_PROJECT_ID_REGEX="[0-9a-f\\-]+|$(printf '%s' "$CP_PROJECT" | sed 's/[][\\.^$*+?(){}|]/\\&/g')"
   # shellcheck disable=SC2034  # used by up.sh
-  DB_NAMES="nova_api nova_cell0 nova placement glance cinder"
+  DB_NAMES="nova_api nova_cell0 nova placement glance cinder neutron"
   # the private mariadbd's unix socket; a socket path must stay under 108 bytes
   # (sun_path), so a long WORK gets a socket in /tmp named after WORK's checksum
   MYSQL_SOCK=$WORK/run/mysqld.sock
@@ -83,6 +90,7 @@ load_settings() {
   fi
   DB_NOVA_API=$(db_url nova_api); DB_NOVA_CELL0=$(db_url nova_cell0); DB_NOVA=$(db_url nova)
   DB_PLACEMENT=$(db_url placement); DB_GLANCE=$(db_url glance); DB_CINDER=$(db_url cinder)
+  DB_NEUTRON=$(db_url neutron)
   # the cinder database for Go's go-sql-driver/mysql (user cp: password auth works for any
   # client uid, root is unix_socket-authenticated)
   CINDER_GO_DSN="cp:cp@unix($MYSQL_SOCK)/cinder?parseTime=true"
@@ -93,7 +101,9 @@ load_settings() {
     CP_VC_HOST CP_VC_PORT CP_VC_USER CP_VC_PASS CP_VC_CLUSTER CP_VC_DATASTORE_REGEX \
     TRANSPORT_URL NOVA_URL PLACEMENT_URL GLANCE_URL NEUTRON_URL MYSQL_SOCK \
     DB_NOVA_API DB_NOVA_CELL0 DB_NOVA DB_PLACEMENT DB_GLANCE DB_CINDER CINDER_GO_DSN \
-    CP_PROJECT CINDER_ROOT CINDER_URL CINDER_PROJECT_ID_REGEX CP_CINDER_SCHED_WAIT
+    CP_PROJECT CINDER_ROOT CINDER_URL CINDER_PROJECT_ID_REGEX CP_CINDER_SCHED_WAIT \
+    CP_NEUTRON_SERVER_PORT NEUTRON_SERVER_URL DB_NEUTRON CP_NEUTRON_AGENT_DOWN_TIME \
+    CP_NEUTRON_VLAN_RANGES CP_NEUTRON_CONTRIB
 }
 
 save_settings() {
