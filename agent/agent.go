@@ -12,6 +12,7 @@ import (
 	"github.com/vcagent/vcagent/agent/cloud"
 	"github.com/vcagent/vcagent/agent/compute"
 	"github.com/vcagent/vcagent/agent/ops"
+	"github.com/vcagent/vcagent/agent/volume"
 	"github.com/vcagent/vcagent/drivers/vcenter"
 	"github.com/vcagent/vcagent/rpc"
 )
@@ -96,6 +97,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer tr.Close()
 	a.log.Info().Str("transport_url", a.cfg.transport.Redacted()).Str("host", a.cfg.Host).Msg("joining the bus")
 
+	var roles []role
+	if a.cfg.HasRole("volume") {
+		if roles, err = a.volumeRole(tr, vc, o, roles); err != nil {
+			return err
+		}
+	}
+	if !a.cfg.HasRole("compute") {
+		return a.runRoles(ctx, roles)
+	}
+
 	deps := compute.Deps{Hypervisor: vc}
 	if a.cfg.AuthToken == "" && a.cfg.AuthURL == "" {
 		a.log.Warn().Msg("neither VCAGENT_AUTH_URL nor VCAGENT_AUTH_TOKEN is set: compute nodes are not reported to placement, and no image can be read from glance")
@@ -164,12 +175,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		func() float64 { return float64(vc.TasksInFlight()) })
 	o.GaugeFunc("vcagent_compute_builds_queued", "Builds waiting for a slot (VCAGENT_MAX_CONCURRENT_BUILDS).", mgr.BuildsQueued)
 	o.GaugeFunc("vcagent_compute_builds_running", "Builds holding a slot.", mgr.BuildsRunning)
-	err = mgr.Run(ctx)
-	a.log.Info().Msg("compute role stopped")
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return nil
+	return a.runRoles(ctx, append(roles, role{"compute", mgr.Run}))
 }
 
 // cloudSession authenticates to the control plane with the configured
@@ -224,4 +230,65 @@ func stableUUID(name string) string {
 	h[6] = h[6]&0x0f | 0x50
 	h[8] = h[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}
+
+// role is one service the agent runs (compute, volume).
+type role struct {
+	name string
+	run  func(context.Context) error
+}
+
+// runRoles runs the roles until ctx ends; a role failing stops the others
+// and its error is returned.
+func (a *Agent) runRoles(ctx context.Context, roles []role) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(roles))
+	for _, r := range roles {
+		go func() {
+			err := r.run(ctx)
+			a.log.Info().Str("role", r.name).Msg(r.name + " role stopped")
+			if err != nil && !errors.Is(err, context.Canceled) {
+				cancel()
+				errs <- err
+				return
+			}
+			errs <- nil
+		}()
+	}
+	var first error
+	for range roles {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// volumeRole adds the cinder-volume role, on the shared bus and vCenter
+// session.
+func (a *Agent) volumeRole(tr *rpc.Transport, vc *vcenter.Session, o *ops.Ops, roles []role) ([]role, error) {
+	o.SetReady("volume_rpc", false, "volume RPC server not consuming")
+	clusters := a.cfg.Clusters
+	if len(a.cfg.volumeClusters) > 0 {
+		clusters = a.cfg.volumeClusters // the backend section's vmware_cluster_name
+	}
+	vm, err := volume.NewManager(volume.Config{
+		Host:               a.cfg.Host,
+		Backend:            a.cfg.VolumeBackend,
+		BackendName:        a.cfg.volumeBackendName,
+		Exchange:           a.cfg.VolumeExchange,
+		DatabaseDSN:        a.cfg.volumeDSN,
+		ReportInterval:     a.cfg.ReportInterval,
+		Clusters:           clusters,
+		DatastoreRegex:     a.cfg.dsRegex,
+		DrainTimeout:       a.cfg.ShutdownTimeout,
+		RPCObserver:        o.ServerObserver(),
+		NotificationDriver: a.cfg.NotificationDriver,
+		NotificationTopics: a.cfg.NotificationTopics,
+	}, tr, vc, func(on bool) { o.SetReady("volume_rpc", on, "volume RPC server not consuming") }, a.log)
+	if err != nil {
+		return nil, err
+	}
+	return append(roles, role{"volume", vm.Run}), nil
 }

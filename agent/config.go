@@ -15,6 +15,7 @@ import (
 	"github.com/kelseyhightower/envconfig"
 	"github.com/rs/zerolog"
 
+	"github.com/vcagent/vcagent/agent/volume"
 	"github.com/vcagent/vcagent/rpc"
 )
 
@@ -40,6 +41,8 @@ type Config struct {
 	ConfigFiles  []string `envconfig:"CONFIG_FILE" desc:"comma-separated oslo.config INI files (nova.conf, nova-compute.conf, ...) read in order, later files winning, before the --config-file/--config-dir arguments; a directory means its *.conf files"`
 	TransportURL string   `envconfig:"TRANSPORT_URL" conf:"DEFAULT.transport_url" secret:"url" default:"rabbit://guest:guest@127.0.0.1:5672/" desc:"oslo.messaging transport_url of the OpenStack bus"`
 	Host         string   `envconfig:"HOST" conf:"DEFAULT.host" desc:"host name the agent serves as; default: the machine's host name"`
+	// Roles are the services the agent runs.
+	Roles []string `envconfig:"ROLES" default:"compute" desc:"comma-separated roles to run: compute (nova-compute), volume (cinder-volume, VMDK driver), network"`
 	// ControlExchange is the exchange of the compute service (nova's default).
 	ControlExchange string `envconfig:"CONTROL_EXCHANGE" conf:"DEFAULT.control_exchange" default:"nova" desc:"control exchange of the compute role"`
 
@@ -77,6 +80,10 @@ type Config struct {
 	ReservedHostDiskMB         int64         `envconfig:"RESERVED_HOST_DISK_MB" conf:"DEFAULT.reserved_host_disk_mb" default:"0" desc:"disk kept for the host, MB"`
 	ReservedHostCPUs           int64         `envconfig:"RESERVED_HOST_CPUS" conf:"DEFAULT.reserved_host_cpus" default:"0" desc:"VCPUs kept for the host"`
 
+	VolumeBackend     string `envconfig:"VOLUME_BACKEND" default:"vmware" desc:"volume role: the cinder backend served, <host>@<backend> (from the files: the first enabled_backends section whose volume_driver is the VMDK driver)"`
+	VolumeDatabaseURL string `envconfig:"VOLUME_DATABASE_URL" conf:"database.connection" secret:"url" desc:"volume role: cinder's database, as oslo.db's connection (mysql+pymysql://user:pass@host/cinder?charset=utf8, ?unix_socket=PATH) or a go-sql-driver DSN"`
+	VolumeExchange    string `envconfig:"VOLUME_EXCHANGE" default:"openstack" desc:"volume role: cinder's control exchange"`
+
 	SimClusters        int `envconfig:"SIM_CLUSTERS" default:"2" desc:"embedded simulator: number of clusters"`
 	SimHostsPerCluster int `envconfig:"SIM_HOSTS_PER_CLUSTER" default:"3" desc:"embedded simulator: ESXi hosts per cluster"`
 	SimDatastores      int `envconfig:"SIM_DATASTORES" default:"2" desc:"embedded simulator: shared datastores"`
@@ -103,6 +110,12 @@ type Config struct {
 	rpcOpts   rpc.Options
 	dsRegex   *regexp.Regexp
 	level     zerolog.Level
+	roles     map[string]bool
+	volumeDSN string // VolumeDatabaseURL as a go-sql-driver DSN
+	// volumeBackendName and volumeClusters are the backend section's
+	// volume_backend_name and vmware_cluster_name.
+	volumeBackendName string
+	volumeClusters    []string
 
 	// Recorded by Load: where each setting came from (by env name), the
 	// bus options the files set, the file options no role uses yet, and
@@ -165,6 +178,9 @@ func (c *Config) finish() error {
 	}
 	if c.ControlExchange == "" {
 		return bad("CONTROL_EXCHANGE", "must not be empty")
+	}
+	if err := c.finishRoles(); err != nil {
+		return err
 	}
 	if c.DatastoreRegex != "" {
 		if c.dsRegex, err = regexp.Compile(c.DatastoreRegex); err != nil {
@@ -245,6 +261,55 @@ func (c *Config) finish() error {
 	}
 	return nil
 }
+
+// finishRoles checks VCAGENT_ROLES and, with the volume role, its settings.
+func (c *Config) finishRoles() error {
+	c.roles = map[string]bool{}
+	for _, r := range c.Roles {
+		switch r = strings.ToLower(strings.TrimSpace(r)); r {
+		case "compute", "volume", "network":
+			c.roles[r] = true
+		case "":
+		default:
+			return bad("ROLES", "unknown role %q: compute, volume or network", r)
+		}
+	}
+	if len(c.roles) == 0 {
+		return bad("ROLES", "no role: compute, volume or network")
+	}
+	if c.roles["network"] {
+		return bad("ROLES", "the network role is not implemented yet")
+	}
+	if c.sources["VOLUME_BACKEND"] == "default" && len(c.pending.VolumeBackends) > 0 {
+		c.VolumeBackend = c.pending.VolumeBackends[0].Section
+		c.sources["VOLUME_BACKEND"] = "enabled_backends (the VMDK driver's section)"
+	}
+	for _, b := range c.pending.VolumeBackends {
+		if b.Section == c.VolumeBackend {
+			c.volumeBackendName, c.volumeClusters = b.BackendName, b.VMware["vmware_cluster_name"]
+		}
+	}
+	if !c.roles["volume"] {
+		return nil
+	}
+	if c.VolumeBackend == "" || strings.ContainsAny(c.VolumeBackend, "@# ") {
+		return bad("VOLUME_BACKEND", "%q is not a backend name (no @, # or blanks)", c.VolumeBackend)
+	}
+	if c.VolumeExchange == "" {
+		return bad("VOLUME_EXCHANGE", "must not be empty")
+	}
+	if c.VolumeDatabaseURL == "" {
+		return bad("VOLUME_DATABASE_URL", "required by the volume role (cinder's [database] connection)")
+	}
+	var err error
+	if c.volumeDSN, err = volume.DatabaseDSN(c.VolumeDatabaseURL); err != nil {
+		return bad("VOLUME_DATABASE_URL", "%v", err)
+	}
+	return nil
+}
+
+// HasRole reports whether the role (compute, volume, network) is enabled.
+func (c Config) HasRole(role string) bool { return c.roles[role] }
 
 // Level is the parsed log level.
 func (c Config) Level() zerolog.Level { return c.level }
