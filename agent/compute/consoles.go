@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/rs/zerolog"
 
@@ -56,16 +55,13 @@ func DefaultConsoleConfig() ConsoleConfig {
 	}
 }
 
-// consoleConfigs holds the console configuration of each lifecycle that
-// was given one (SetConsoleConfig); the others use nova's defaults.
-var consoleConfigs sync.Map //nolint:gochecknoglobals // *lifecycle → ConsoleConfig
-
 // SetConsoleConfig sets the role's console options; call it before Run.
-func (m *Manager) SetConsoleConfig(c ConsoleConfig) { consoleConfigs.Store(m.life, c) }
+// Without it the role uses nova's defaults.
+func (m *Manager) SetConsoleConfig(c ConsoleConfig) { m.life.consoles = &c }
 
 func (l *lifecycle) consoleConfig() ConsoleConfig {
-	if c, ok := consoleConfigs.Load(l); ok {
-		return c.(ConsoleConfig)
+	if l.consoles != nil {
+		return *l.consoles
 	}
 	return DefaultConsoleConfig()
 }

@@ -312,8 +312,7 @@ func TestConsoleMKSAndUnsupportedTypes(t *testing.T) {
 	}
 	cfg := DefaultConsoleConfig()
 	cfg.MKSEnabled = true
-	consoleConfigs.Store(l, cfg)
-	defer consoleConfigs.Delete(l)
+	l.consoles = &cfg
 	hv.mksErr = fmt.Errorf("acquire: %w", vcenter.ErrNotImplemented)
 	_, err = l.GetMKSConsole(ctx, request(t, "get_mks_console", map[string]any{"console_type": "webmks"}))
 	if class(err) != "oslo_vmware.exceptions.VimFaultException" {
@@ -337,7 +336,7 @@ func TestConsoleMKSAndUnsupportedTypes(t *testing.T) {
 		}
 	}
 	cfg.SerialEnabled = true
-	consoleConfigs.Store(l, cfg)
+	l.consoles = &cfg
 	if _, err := l.GetSerialConsole(ctx, request(t, "get_serial_console", map[string]any{"console_type": "serial"})); class(err) != "builtins.NotImplementedError" {
 		t.Errorf("serial console enabled: %v, want the driver's NotImplementedError", err)
 	}
@@ -362,8 +361,7 @@ func TestConsoleOutputFromSerialLog(t *testing.T) {
 	dir := t.TempDir()
 	cfg := DefaultConsoleConfig()
 	cfg.SerialLogDir = dir
-	consoleConfigs.Store(l, cfg)
-	defer consoleConfigs.Delete(l)
+	l.consoles = &cfg
 	ctx := t.Context()
 	out, err := l.GetConsoleOutput(ctx, request(t, "get_console_output", map[string]any{"tail_length": nil}))
 	if err != nil || out != "" {

@@ -75,9 +75,13 @@ type lifecycle struct {
 	builds *buildLimit
 	vms    vmIndex    // instance uuid -> VM, from the VM watcher
 	known  spawnCache // what builds reuse: extension, folders, inventory
-	host   string
-	ds     *regexp.Regexp
-	log    zerolog.Logger
+
+	consoles      *ConsoleConfig // nil: nova's defaults
+	snapshots     chan struct{}  // max_concurrent_snapshots, made on first use
+	snapshotsOnce sync.Once
+	host          string
+	ds            *regexp.Regexp
+	log           zerolog.Logger
 
 	locks keyedLocks
 }

@@ -48,8 +48,11 @@ func (l *lifecycle) snapshotDeps() (rootDiskExporter, imageWriter, error) {
 // how many snapshot_instance run at once, the others wait.
 const maxConcurrentSnapshots = 5
 
-// snapshotSlots is the semaphore of maxConcurrentSnapshots.
-var snapshotSlots = make(chan struct{}, maxConcurrentSnapshots) //nolint:gochecknoglobals // nova's per-process semaphore
+// snapshotSlots is the role's semaphore of maxConcurrentSnapshots.
+func (l *lifecycle) snapshotSlots() chan struct{} {
+	l.snapshotsOnce.Do(func() { l.snapshots = make(chan struct{}, maxConcurrentSnapshots) })
+	return l.snapshots
+}
 
 // taskStateUpdate is nova's update_task_state callback of driver.snapshot:
 // it saves task_state with the expected one; the shelve maps the states to
@@ -86,12 +89,12 @@ func (l *lifecycle) SnapshotInstance(ctx context.Context, req *rpc.Request) (any
 				return l.deleteImageOnError(ctx, rc, a.ImageID, err)
 			}
 			select { // nova's _snapshot_semaphore
-			case snapshotSlots <- struct{}{}:
+			case l.snapshotSlots() <- struct{}{}:
 			case <-ctx.Done():
 				return l.deleteImageOnError(ctx, rc, a.ImageID, fmt.Errorf("waiting for a snapshot slot: %w", ctx.Err()))
 			}
 			err := l.snapshotInstance(ctx, rc, inst, a.ImageID)
-			<-snapshotSlots
+			<-l.snapshotSlots()
 			if err != nil {
 				return l.deleteImageOnError(ctx, rc, a.ImageID, err)
 			}

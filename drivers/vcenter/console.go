@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/view"
@@ -25,10 +24,6 @@ const (
 // ErrVNCPortsExhausted reports that every port of the VNC range is used by
 // some VM (nova's ConsolePortRangeExhausted).
 var ErrVNCPortsExhausted = errors.New("no free vnc port")
-
-// vncMu serialises VNC port allocations in this process, as nova's
-// @utils.synchronized('vmware.get_and_set_vnc_port') does.
-var vncMu sync.Mutex //nolint:gochecknoglobals // one lock per process, as nova's
 
 // VNCPortsInUse returns the RemoteDisplay.vnc.port of every VM in vCenter
 // (nova's _get_allocated_vnc_ports: the port is unique per vCenter).
@@ -83,8 +78,8 @@ func (s *Session) EnableVNC(ctx context.Context, vm Ref, minPort, total int, key
 	if port, ok, err := s.VNCPort(ctx, vm); err != nil || ok {
 		return port, err
 	}
-	vncMu.Lock()
-	defer vncMu.Unlock()
+	s.vncMu.Lock()
+	defer s.vncMu.Unlock()
 	used, err := s.VNCPortsInUse(ctx)
 	if err != nil {
 		return 0, wrapErr(op, err)
