@@ -175,6 +175,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		func() float64 { return float64(vc.TasksInFlight()) })
 	o.GaugeFunc("vcagent_compute_builds_queued", "Builds waiting for a slot (VCAGENT_MAX_CONCURRENT_BUILDS).", mgr.BuildsQueued)
 	o.GaugeFunc("vcagent_compute_builds_running", "Builds holding a slot.", mgr.BuildsRunning)
+	o.GaugeVecFunc("vcagent_compute_instances", "The agent's VMs per served cluster.", "cluster", mgr.InstancesPerCluster)
 	return a.runRoles(ctx, append(roles, role{"compute", mgr.Run}))
 }
 

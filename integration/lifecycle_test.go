@@ -359,7 +359,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 // TestTenServersInOneRequest boots ten servers with one request and deletes
 // them: all ACTIVE, ten VMs, then nothing left in vCenter or placement.
 func TestTenServersInOneRequest(t *testing.T) {
-	ctrl, vc, host, image := computeHostWithImage(t, "vcagent-ten-")
+	ctrl, vc, agent, host, image := computeAgentWithImage(t, "vcagent-ten-")
 	ctx := context.Background()
 	t0 := time.Now()
 	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
@@ -393,6 +393,19 @@ func TestTenServersInOneRequest(t *testing.T) {
 			t.Errorf("server %s: VM %+v %v", id, vm, err)
 		}
 	}
+	// /metrics counts them on their cluster (the scheduler chose the node).
+	instances := func() float64 {
+		var n float64
+		for series, v := range scrapeCounters(t, agent.opsURL(t)) {
+			if strings.HasPrefix(series, "vcagent_compute_instances{") {
+				n += v
+			}
+		}
+		return n
+	}
+	if n := instances(); n != 10 {
+		t.Errorf("vcagent_compute_instances sums to %v, want 10", n)
+	}
 	t0 = time.Now()
 	for _, id := range ids {
 		if _, err := ctrl.NovaDELETE(ctx, "/servers/"+id); err != nil {
@@ -416,6 +429,12 @@ func TestTenServersInOneRequest(t *testing.T) {
 		noAllocations(t, ctrl, id)
 	}
 	t.Logf("10 deleted after %s", time.Since(t0).Round(time.Millisecond))
+	for deadline := time.Now().Add(10 * time.Second); instances() != 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("vcagent_compute_instances sums to %v after the deletes, want 0", instances())
+			break
+		}
+	}
 }
 
 // scrapeCounters reads the agent's /metrics as series -> value.

@@ -117,7 +117,7 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 	sched := tr.NewClient(rpc.Target{Exchange: cfg.Exchange, Topic: "scheduler", Fanout: true, Version: "4.2"})
 	// conductor's ComputeTaskAPI; 1.19 carries host_lists (Zed sends 1.19).
 	tasks := tr.NewClient(rpc.Target{Exchange: cfg.Exchange, Topic: "conductor", Namespace: "compute_task", Version: "1.19"})
-	return &Manager{
+	m := &Manager{
 		cfg:  cfg,
 		tr:   tr,
 		cond: cond,
@@ -133,7 +133,19 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 		scheduler:   sched,
 		log:         log,
 		onConsuming: onConsuming,
-	}, nil
+	}
+	m.rt.vmsOn = m.life.vms.countOn
+	return m, nil
+}
+
+// InstancesPerCluster returns how many of the agent's VMs run on each
+// served cluster, for metrics.
+func (m *Manager) InstancesPerCluster() map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m.rt.instancesPerCluster() {
+		out[k] = float64(v)
+	}
+	return out
 }
 
 // BuildsQueued returns how many builds wait for a slot

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"sort"
+	"sync"
 
 	"github.com/rs/zerolog"
 
@@ -82,6 +83,28 @@ type resourceTracker struct {
 	log       zerolog.Logger
 
 	nodes map[string]*ovo.Object // by hypervisor_hostname; owned by the one goroutine that updates
+
+	// vmsOn counts the agent's VMs on a cluster's hosts (the VM watcher's
+	// index), for running_vms; nil counts none.
+	vmsOn func(hosts []vcenter.Host) int
+	// served are the clusters of the last update, for metrics.
+	servedMu sync.Mutex
+	served   []vcenter.Cluster
+}
+
+// instancesPerCluster returns how many of the agent's VMs run on each
+// served cluster now (the watcher's index over the last update's hosts).
+func (rt *resourceTracker) instancesPerCluster() map[string]int {
+	rt.servedMu.Lock()
+	served := rt.served
+	rt.servedMu.Unlock()
+	out := make(map[string]int, len(served))
+	for _, c := range served {
+		if rt.vmsOn != nil {
+			out[c.Name] = rt.vmsOn(c.Hosts)
+		}
+	}
+	return out
 }
 
 // NodeName is the VMware driver's node name: "<cluster moref>.<vCenter instance uuid>".
@@ -97,6 +120,9 @@ func (rt *resourceTracker) update(ctx context.Context, rc rpc.Context) error {
 	if err != nil {
 		return fmt.Errorf("read vCenter clusters: %w", err)
 	}
+	rt.servedMu.Lock()
+	rt.served = clusters
+	rt.servedMu.Unlock()
 	about := rt.vc.About()
 	hvVersion, _ := about.VersionNumber()
 	var firstErr error
@@ -163,7 +189,11 @@ func (rt *resourceTracker) updateNode(ctx context.Context, rc rpc.Context, c vce
 	setIntIfChanged(node, "free_ram_mb", r.MemoryMB-usedMB)
 	setIntIfChanged(node, "free_disk_gb", r.DiskFreeGB)
 	setIntIfChanged(node, "hypervisor_version", hvVersion)
-	setIntIfChanged(node, "running_vms", 0)
+	running := 0
+	if rt.vmsOn != nil {
+		running = rt.vmsOn(c.Hosts)
+	}
+	setIntIfChanged(node, "running_vms", int64(running))
 	setIntIfChanged(node, "current_workload", 0)
 	if rt.hostIP != "" && node.StringOrEmpty("host_ip") != rt.hostIP {
 		node.SetString("host_ip", rt.hostIP)

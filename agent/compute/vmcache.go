@@ -57,6 +57,23 @@ func (x *vmIndex) state(uuid string) (vcenter.VMState, bool) {
 	return st, ok
 }
 
+// countOn returns how many of the indexed VMs run on the given hosts.
+func (x *vmIndex) countOn(hosts []vcenter.Host) int {
+	on := make(map[vcenter.Ref]bool, len(hosts))
+	for _, h := range hosts {
+		on[h.Ref] = true
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	n := 0
+	for _, st := range x.vms {
+		if on[st.Host] {
+			n++
+		}
+	}
+	return n
+}
+
 func (x *vmIndex) forget(uuid string, ref vcenter.Ref) {
 	x.mu.Lock()
 	defer x.mu.Unlock()

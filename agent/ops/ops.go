@@ -75,6 +75,26 @@ func New(log zerolog.Logger) *Ops {
 // Registry is where a role registers metrics of its own.
 func (o *Ops) Registry() prometheus.Registerer { return o.reg }
 
+// GaugeVecFunc registers a gauge with one label, its series read from f
+// (label value -> value) at each scrape. The label's values must be few
+// (clusters, never instances).
+func (o *Ops) GaugeVecFunc(name, help, label string, f func() map[string]float64) {
+	o.reg.MustRegister(&gaugeVecFunc{desc: prometheus.NewDesc(name, help, []string{label}, nil), f: f})
+}
+
+type gaugeVecFunc struct {
+	desc *prometheus.Desc
+	f    func() map[string]float64
+}
+
+func (g *gaugeVecFunc) Describe(ch chan<- *prometheus.Desc) { ch <- g.desc }
+
+func (g *gaugeVecFunc) Collect(ch chan<- prometheus.Metric) {
+	for label, v := range g.f() {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, v, label)
+	}
+}
+
 // GaugeFunc registers a gauge read from f at each scrape, for values a
 // role already keeps (tasks in flight, queued builds), so that the role
 // needs no metrics library of its own.
