@@ -70,6 +70,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("vCenter: %w", err)
 	}
+	o.CounterFunc("vcagent_vcenter_relogins_total", "Times the vCenter session was logged in again after vCenter dropped it.",
+		func() float64 { return float64(vc.Relogins()) })
 	if err := vc.Login(ctx); err != nil {
 		return fmt.Errorf("vCenter login: %w", err)
 	}

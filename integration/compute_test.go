@@ -208,6 +208,7 @@ func TestComputeJoinsRealControlPlane(t *testing.T) {
 		"vcagent_vcenter_tasks_in_flight 0",
 		"vcagent_compute_builds_queued 0",
 		"vcagent_compute_builds_running 0",
+		"vcagent_vcenter_relogins_total 0",
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -391,6 +392,9 @@ func TestComputeKeepsReportingAcrossVCenterSessionExpiry(t *testing.T) {
 	}
 	agent.mu.Unlock()
 	waitServiceState(t, ctrl, host, "up", 10*time.Second)
+	if n := scrapeCounters(t, agent.opsURL(t))["vcagent_vcenter_relogins_total"]; n < 1 {
+		t.Errorf("vcagent_vcenter_relogins_total = %v after a re-login", n)
+	}
 }
 
 // listenFanout binds a private queue to <topic>_fanout (declared as oslo

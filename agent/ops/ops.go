@@ -95,6 +95,12 @@ func (g *gaugeVecFunc) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// CounterFunc registers a counter read from f at each scrape, for totals a
+// component already keeps (vCenter re-logins).
+func (o *Ops) CounterFunc(name, help string, f func() float64) {
+	o.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
+}
+
 // GaugeFunc registers a gauge read from f at each scrape, for values a
 // role already keeps (tasks in flight, queued builds), so that the role
 // needs no metrics library of its own.
