@@ -92,22 +92,35 @@ func TestVolumeServesRealCinder(t *testing.T) {
 	})
 
 	t.Run("cinder-manage", func(t *testing.T) {
-		out, err := ctrl.CinderManage(ctx, "service", "list")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, line := range strings.Split(out, "\n") {
-			f := strings.Fields(line)
-			if len(f) > 0 && f[0] == "cinder-volume" && strings.Contains(line, " "+backend+" ") {
-				for _, want := range []string{" nova ", " enabled ", ":-)", " 3.18 ", " 1.39"} {
-					if !strings.Contains(line+" ", want) {
-						t.Errorf("cinder-manage service list: %q lacks %q", line, want)
-					}
-				}
-				return
+		// cinder-manage counts a service up only once it has heartbeaten
+		// (updated_at set), one report_interval after it started, as with
+		// the Python cinder-volume; the API counts its creation already.
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			out, err := ctrl.CinderManage(ctx, "service", "list")
+			if err != nil {
+				t.Fatal(err)
 			}
+			line := ""
+			for _, l := range strings.Split(out, "\n") {
+				if f := strings.Fields(l); len(f) > 0 && f[0] == "cinder-volume" && strings.Contains(l, " "+backend+" ") {
+					line = l
+				}
+			}
+			if line == "" {
+				t.Fatalf("cinder-manage service list shows no cinder-volume %s:\n%s", backend, out)
+			}
+			if !strings.Contains(line, ":-)") && time.Now().Before(deadline) {
+				time.Sleep(time.Second)
+				continue
+			}
+			for _, want := range []string{" nova ", " enabled ", ":-)", " 3.18 ", " 1.39"} {
+				if !strings.Contains(line+" ", want) {
+					t.Errorf("cinder-manage service list: %q lacks %q", line, want)
+				}
+			}
+			return
 		}
-		t.Fatalf("cinder-manage service list shows no cinder-volume %s:\n%s", backend, out)
 	})
 
 	t.Run("scheduler-pools", func(t *testing.T) {
