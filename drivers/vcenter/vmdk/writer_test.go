@@ -99,11 +99,11 @@ func TestWriterRejects(t *testing.T) {
 }
 
 // TestWriterQemuReads checks the image with qemu-img, an independent
-// reader, when it is installed.
+// reader (qemu-utils, which integration/test.sh installs).
 func TestWriterQemuReads(t *testing.T) {
 	qemu, err := exec.LookPath("qemu-img")
 	if err != nil {
-		t.Skip("qemu-img not installed")
+		t.Fatal("qemu-img not installed: apt-get install qemu-utils (integration/test.sh does)")
 	}
 	raw := vmdktest.Raw(2 << 20)
 	dir := t.TempDir()

@@ -77,7 +77,7 @@ func QemuFile(t testing.TB, in, subformat string) string {
 	t.Helper()
 	qemu, err := exec.LookPath("qemu-img")
 	if err != nil {
-		t.Skip("qemu-img not installed (apt-get install qemu-utils)")
+		t.Fatal("qemu-img not installed: apt-get install qemu-utils (integration/test.sh does)")
 	}
 	out := filepath.Join(t.TempDir(), subformat+".vmdk")
 	if b, err := exec.Command(qemu, "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat="+subformat, in, out).CombinedOutput(); err != nil {
