@@ -113,6 +113,25 @@ func (s *Session) fileOp(ctx context.Context, op, dc string) (*vim25.Client, typ
 	return c, ref, nil
 }
 
+// fileTask runs one FileManager or VirtualDiskManager task in datacenter
+// dc: it resolves dc, starts the task with start (given the client and
+// dc's reference), waits for it, forgets dc's reference when vCenter says
+// it is stale, and wraps the error as wrapFileErr does. A fault of
+// ignore's type counts as success (a missing file for a delete).
+func (s *Session) fileTask(ctx context.Context, op, dc string, ignore types.BaseMethodFault,
+	start func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error)) error {
+	c, dcRef, err := s.fileOp(ctx, op, dc)
+	if err != nil {
+		return err
+	}
+	_, err = s.runTask(ctx, c, op, func() (types.ManagedObjectReference, error) { return start(c, dcRef) })
+	if err != nil && ignore != nil && fault.Is(err, ignore) {
+		return nil
+	}
+	s.forgetDatacenter(dc, dcRef, err)
+	return wrapFileErr(op, err)
+}
+
 // wrapFileErr is wrapErr plus the file faults: FileNotFound matches
 // ErrNotFound, FileAlreadyExists matches ErrFileExists.
 func wrapFileErr(op string, err error) error {
@@ -160,11 +179,7 @@ func (s *Session) MakeDirectory(ctx context.Context, dc string, p DatastorePath)
 // waitDiskTask; usually 1-2 RetrievePropertiesEx).
 func (s *Session) DeleteDatastoreFile(ctx context.Context, dc string, p DatastorePath) error {
 	op := fmt.Sprintf("delete %s", p)
-	c, dcRef, err := s.fileOp(ctx, op, dc)
-	if err != nil {
-		return err
-	}
-	_, err = s.runTask(ctx, c, "datastore file task", func() (types.ManagedObjectReference, error) {
+	return s.fileTask(ctx, op, dc, &types.FileNotFound{}, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
 		res, err := methods.DeleteDatastoreFile_Task(ctx, c, &types.DeleteDatastoreFile_Task{
 			This:       *c.ServiceContent.FileManager,
 			Name:       p.String(),
@@ -175,11 +190,6 @@ func (s *Session) DeleteDatastoreFile(ctx context.Context, dc string, p Datastor
 		}
 		return res.Returnval, nil
 	})
-	if err != nil && fault.Is(err, &types.FileNotFound{}) {
-		return nil
-	}
-	s.forgetDatacenter(dc, dcRef, err)
-	return wrapFileErr(op, err)
 }
 
 // MoveDatastoreFile moves (renames) the file or directory src to dst, both in
@@ -191,11 +201,7 @@ func (s *Session) DeleteDatastoreFile(ctx context.Context, dc string, p Datastor
 // Cost: 1 round trip plus the task wait.
 func (s *Session) MoveDatastoreFile(ctx context.Context, dc string, src, dst DatastorePath, force bool) error {
 	op := fmt.Sprintf("move %s to %s", src, dst)
-	c, dcRef, err := s.fileOp(ctx, op, dc)
-	if err != nil {
-		return err
-	}
-	_, err = s.runTask(ctx, c, "datastore file task", func() (types.ManagedObjectReference, error) {
+	return s.fileTask(ctx, op, dc, nil, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
 		res, err := methods.MoveDatastoreFile_Task(ctx, c, &types.MoveDatastoreFile_Task{
 			This:                  *c.ServiceContent.FileManager,
 			SourceName:            src.String(),
@@ -209,8 +215,6 @@ func (s *Session) MoveDatastoreFile(ctx context.Context, dc string, src, dst Dat
 		}
 		return res.Returnval, nil
 	})
-	s.forgetDatacenter(dc, dcRef, err)
-	return wrapFileErr(op, err)
 }
 
 // CopyDatastoreFile copies the file src to dst within datacenter dc, with
@@ -220,11 +224,7 @@ func (s *Session) MoveDatastoreFile(ctx context.Context, dc string, src, dst Dat
 // Cost: 1 round trip plus the task wait.
 func (s *Session) CopyDatastoreFile(ctx context.Context, dc string, src, dst DatastorePath, force bool) error {
 	op := fmt.Sprintf("copy %s to %s", src, dst)
-	c, dcRef, err := s.fileOp(ctx, op, dc)
-	if err != nil {
-		return err
-	}
-	_, err = s.runTask(ctx, c, "datastore file task", func() (types.ManagedObjectReference, error) {
+	return s.fileTask(ctx, op, dc, nil, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
 		res, err := methods.CopyDatastoreFile_Task(ctx, c, &types.CopyDatastoreFile_Task{
 			This:                  *c.ServiceContent.FileManager,
 			SourceName:            src.String(),
@@ -238,8 +238,6 @@ func (s *Session) CopyDatastoreFile(ctx context.Context, dc string, src, dst Dat
 		}
 		return res.Returnval, nil
 	})
-	s.forgetDatacenter(dc, dcRef, err)
-	return wrapFileErr(op, err)
 }
 
 // datastoreURL returns the datastore HTTP URL of p: https://vc/folder/<path>

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vmdk"
@@ -63,11 +63,7 @@ func (s *Session) CreateVirtualDisk(ctx context.Context, dc string, p DatastoreP
 	if capacityKB <= 0 {
 		return wrapErr(op, fmt.Errorf("capacity must be positive, got %d KiB", capacityKB))
 	}
-	c, dcRef, err := s.fileOp(ctx, op, dc)
-	if err != nil {
-		return err
-	}
-	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+	return s.fileTask(ctx, op, dc, nil, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
 		res, err := methods.CreateVirtualDisk_Task(ctx, c, &types.CreateVirtualDisk_Task{
 			This:       *c.ServiceContent.VirtualDiskManager,
 			Name:       p.String(),
@@ -85,8 +81,6 @@ func (s *Session) CreateVirtualDisk(ctx context.Context, dc string, p DatastoreP
 		}
 		return res.Returnval, nil
 	})
-	s.forgetDatacenter(dc, dcRef, err)
-	return wrapFileErr(op, err)
 }
 
 // CopyVirtualDisk copies the virtual disk src (descriptor and extents) to
@@ -101,33 +95,27 @@ func (s *Session) CreateVirtualDisk(ctx context.Context, dc string, p DatastoreP
 // against vCenter but not meaningful on vcsim.
 func (s *Session) CopyVirtualDisk(ctx context.Context, dc string, src, dst DatastorePath, thin bool) error {
 	op := fmt.Sprintf("copy virtual disk %s to %s", src, dst)
-	c, dcRef, err := s.fileOp(ctx, op, dc)
-	if err != nil {
-		return err
-	}
-	req := &types.CopyVirtualDisk_Task{
-		This:             *c.ServiceContent.VirtualDiskManager,
-		SourceName:       src.String(),
-		SourceDatacenter: &dcRef,
-		DestName:         dst.String(),
-		DestDatacenter:   &dcRef, // vcsim requires it; vCenter accepts it
-		Force:            types.NewBool(false),
-	}
-	if thin {
-		req.DestSpec = &types.VirtualDiskSpec{
-			DiskType:    string(types.VirtualDiskTypeThin),
-			AdapterType: DefaultAdapterType,
+	return s.fileTask(ctx, op, dc, nil, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
+		req := &types.CopyVirtualDisk_Task{
+			This:             *c.ServiceContent.VirtualDiskManager,
+			SourceName:       src.String(),
+			SourceDatacenter: &dcRef,
+			DestName:         dst.String(),
+			DestDatacenter:   &dcRef, // vcsim requires it; vCenter accepts it
+			Force:            types.NewBool(false),
 		}
-	}
-	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+		if thin {
+			req.DestSpec = &types.VirtualDiskSpec{
+				DiskType:    string(types.VirtualDiskTypeThin),
+				AdapterType: DefaultAdapterType,
+			}
+		}
 		res, err := methods.CopyVirtualDisk_Task(ctx, c, req)
 		if err != nil {
 			return types.ManagedObjectReference{}, err
 		}
 		return res.Returnval, nil
 	})
-	s.forgetDatacenter(dc, dcRef, err)
-	return wrapFileErr(op, err)
 }
 
 // ExtendVirtualDisk grows the virtual disk p to newCapacityKB kibibytes
@@ -137,11 +125,7 @@ func (s *Session) CopyVirtualDisk(ctx context.Context, dc string, src, dst Datas
 // Cost: 1 round trip (ExtendVirtualDisk_Task) plus the task wait.
 func (s *Session) ExtendVirtualDisk(ctx context.Context, dc string, p DatastorePath, newCapacityKB int64) error {
 	op := fmt.Sprintf("extend virtual disk %s to %d KiB", p, newCapacityKB)
-	c, dcRef, err := s.fileOp(ctx, op, dc)
-	if err != nil {
-		return err
-	}
-	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+	return s.fileTask(ctx, op, dc, nil, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
 		res, err := methods.ExtendVirtualDisk_Task(ctx, c, &types.ExtendVirtualDisk_Task{
 			This:          *c.ServiceContent.VirtualDiskManager,
 			Name:          p.String(),
@@ -154,8 +138,6 @@ func (s *Session) ExtendVirtualDisk(ctx context.Context, dc string, p DatastoreP
 		}
 		return res.Returnval, nil
 	})
-	s.forgetDatacenter(dc, dcRef, err)
-	return wrapFileErr(op, err)
 }
 
 // DeleteVirtualDisk deletes the virtual disk p with its extents. A missing
@@ -164,11 +146,7 @@ func (s *Session) ExtendVirtualDisk(ctx context.Context, dc string, p DatastoreP
 // Cost: 1 round trip (DeleteVirtualDisk_Task) plus the task wait.
 func (s *Session) DeleteVirtualDisk(ctx context.Context, dc string, p DatastorePath) error {
 	op := fmt.Sprintf("delete virtual disk %s", p)
-	c, dcRef, err := s.fileOp(ctx, op, dc)
-	if err != nil {
-		return err
-	}
-	_, err = s.runTask(ctx, c, "virtual disk task", func() (types.ManagedObjectReference, error) {
+	return s.fileTask(ctx, op, dc, &types.FileNotFound{}, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
 		res, err := methods.DeleteVirtualDisk_Task(ctx, c, &types.DeleteVirtualDisk_Task{
 			This:       *c.ServiceContent.VirtualDiskManager,
 			Name:       p.String(),
@@ -179,11 +157,6 @@ func (s *Session) DeleteVirtualDisk(ctx context.Context, dc string, p DatastoreP
 		}
 		return res.Returnval, nil
 	})
-	if err != nil && fault.Is(err, &types.FileNotFound{}) {
-		return nil
-	}
-	s.forgetDatacenter(dc, dcRef, err)
-	return wrapFileErr(op, err)
 }
 
 // VirtualDiskCapacityKB returns the capacity of the virtual disk p, read
