@@ -32,13 +32,7 @@ func TestConsolesDiagnosticsAndEventsThroughNovaAPI(t *testing.T) {
 		"VCAGENT_NOTIFICATION_DRIVER=messagingv2", "VCAGENT_NOTIFICATION_FORMAT=both")
 	listener := startPeer(t, []string{"pypeer/nova_notifications.py", "--url", ctrl.TransportURL, "--pool", "vcagent-" + host})
 	ctx := context.Background()
-	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
-		"name": "console", "imageRef": image, "flavorRef": "42", "networks": "none", "host": host,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created["server"].(map[string]any)["id"].(string)
+	id := createServer(t, ctrl, "console", image, host)
 	waitServer(t, ctrl, id, 120*time.Second, settled("ACTIVE"))
 	t.Cleanup(func() { _, _ = ctrl.NovaDELETE(context.Background(), "/servers/"+id) })
 

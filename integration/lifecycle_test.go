@@ -185,6 +185,19 @@ func computeAgentWithImage(t *testing.T, prefix string, env ...string) (ctrl *cp
 	return ctrl, vc, agent, host, uploadFlatImage(t, ctrl)
 }
 
+// createServer asks the real nova API for a server of flavor 42 (m1.nano,
+// 64 MB, 1 GB) without networks, from image, on host; it returns its id.
+func createServer(t *testing.T, ctrl *cp.ControlPlane, name, image, host string) string {
+	t.Helper()
+	created, err := ctrl.NovaPOST(context.Background(), "/servers", map[string]any{"server": map[string]any{
+		"name": name, "imageRef": image, "flavorRef": "42", "networks": "none", "host": host,
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return created["server"].(map[string]any)["id"].(string)
+}
+
 func settled(status string) func(map[string]any) bool {
 	return func(s map[string]any) bool { return s["status"] == status && s["OS-EXT-STS:task_state"] == nil }
 }
@@ -199,13 +212,7 @@ func TestServerLifecycleThroughNovaAPI(t *testing.T) {
 	metricsBefore := scrapeCounters(t, agent.opsURL(t))
 
 	start := time.Now()
-	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
-		"name": "vm1", "imageRef": image, "flavorRef": "42", "networks": "none", "host": host,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created["server"].(map[string]any)["id"].(string)
+	id := createServer(t, ctrl, "vm1", image, host)
 	waitServer(t, ctrl, id, 120*time.Second, settled("ACTIVE"))
 	t.Logf("boot: ACTIVE after %s", time.Since(start).Round(time.Millisecond))
 

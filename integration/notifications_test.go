@@ -27,13 +27,7 @@ func TestNotificationsLoadIntoNovaPayloadClasses(t *testing.T) {
 	listener := startPeer(t, []string{"pypeer/nova_notifications.py", "--url", ctrl.TransportURL, "--pool", "vcagent-" + host})
 	ctx := context.Background()
 
-	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
-		"name": "notified", "imageRef": image, "flavorRef": "42", "networks": "none", "host": host,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created["server"].(map[string]any)["id"].(string)
+	id := createServer(t, ctrl, "notified", image, host)
 	waitServer(t, ctrl, id, 120*time.Second, settled("ACTIVE"))
 	act := func(body map[string]any, status string) {
 		t.Helper()
@@ -54,7 +48,7 @@ func TestNotificationsLoadIntoNovaPayloadClasses(t *testing.T) {
 
 	// changePassword: a call; nova-api turns the driver's NotImplementedError
 	// into 501.
-	_, err = ctrl.NovaPOST(ctx, "/servers/"+id+"/action", map[string]any{"changePassword": map[string]any{"adminPass": "n0t-l0gged"}})
+	_, err := ctrl.NovaPOST(ctx, "/servers/"+id+"/action", map[string]any{"changePassword": map[string]any{"adminPass": "n0t-l0gged"}})
 	var he *cp.HTTPError
 	if !errors.As(err, &he) || he.StatusCode != 501 {
 		t.Errorf("changePassword: %v, want HTTP 501 as with nova's VMware driver", err)

@@ -29,13 +29,7 @@ func TestSuspendRescueRebuild(t *testing.T) {
 	ctx := context.Background()
 
 	t0 := time.Now()
-	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
-		"name": "sr", "imageRef": image, "flavorRef": "42", "networks": "none", "host": host,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created["server"].(map[string]any)["id"].(string)
+	id := createServer(t, ctrl, "sr", image, host)
 	waitServer(t, ctrl, id, 120*time.Second, settled("ACTIVE"))
 	t.Logf("boot: ACTIVE after %s", time.Since(t0).Round(time.Millisecond))
 	defer func() {
@@ -302,13 +296,7 @@ func TestSuspendRescueRebuildEvacuateUnsupported(t *testing.T) {
 	ctrl, _, source, image := computeHostWithImage(t, "vcagent-sr-")
 	_, _, dest, _ := computeHostWithImage(t, "vcagent-sr-")
 	ctx := context.Background()
-	created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
-		"name": "evac", "imageRef": image, "flavorRef": "42", "networks": "none", "host": source,
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created["server"].(map[string]any)["id"].(string)
+	id := createServer(t, ctrl, "evac", image, source)
 	waitServer(t, ctrl, id, 120*time.Second, settled("ACTIVE"))
 
 	// The source host fails (forced down, as an operator marks it).

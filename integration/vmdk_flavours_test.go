@@ -69,13 +69,7 @@ func TestVMDKFlavours(t *testing.T) {
 		{"streamOptimized", ids["streamOptimized"], raw},
 	} {
 		start := time.Now()
-		created, err := ctrl.NovaPOST(ctx, "/servers", map[string]any{"server": map[string]any{
-			"name": "vmdk-" + f.name, "imageRef": f.image, "flavorRef": "42", "networks": "none", "host": host,
-		}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		id := created["server"].(map[string]any)["id"].(string)
+		id := createServer(t, ctrl, "vmdk-"+f.name, f.image, host)
 		servers = append(servers, id)
 		waitServer(t, ctrl, id, 180*time.Second, settled("ACTIVE"))
 		t.Logf("%s image: ACTIVE after %s", f.name, time.Since(start).Round(time.Millisecond))
