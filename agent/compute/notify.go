@@ -419,25 +419,15 @@ func instanceName(inst *ovo.Object) any {
 	return fmt.Sprintf("instance-%08x", id)
 }
 
-// powerStateName is nova's InstancePowerStateField: the name of the state.
+// powerStateName is nova's InstancePowerStateField: the name of the state
+// (powerStateNames), None when unset or unknown.
 func powerStateName(inst *ovo.Object) any {
 	ps, err := inst.Int("power_state")
 	if err != nil {
 		return nil
 	}
-	switch ps {
-	case powerNoState:
-		return "pending"
-	case powerRunning:
-		return "running"
-	case 3:
-		return "paused"
-	case powerShutdown:
-		return "shutdown"
-	case 6:
-		return "crashed"
-	case 7:
-		return "suspended"
+	if name, ok := powerStateNames[ps]; ok {
+		return name
 	}
 	return nil
 }
