@@ -64,6 +64,7 @@ type Config struct {
 	AuthToken             string `envconfig:"AUTH_TOKEN" conf:"placement.token,placement.auth_type;token_auth" secret:"true" desc:"a fixed token instead of keystone (needs VCAGENT_PLACEMENT_ENDPOINT), for test clouds; from the files when auth_type is admin_token or token"`
 	PlacementEndpoint     string `envconfig:"PLACEMENT_ENDPOINT" conf:"placement.endpoint_override,placement.endpoint" secret:"url" desc:"placement URL, instead of the catalog's"`
 	GlanceEndpoint        string `envconfig:"GLANCE_ENDPOINT" conf:"glance.endpoint_override" secret:"url" desc:"glance URL, instead of the catalog's"`
+	NeutronEndpoint       string `envconfig:"NEUTRON_ENDPOINT" conf:"neutron.endpoint_override" secret:"url" desc:"neutron URL, instead of the catalog's"`
 
 	CachePrefix                string        `envconfig:"CACHE_PREFIX" conf:"vmware.cache_prefix" desc:"image cache folder <prefix>_base on each datastore; default: my_ip, else the host name"`
 	MyIP                       string        `envconfig:"MY_IP" conf:"DEFAULT.my_ip" desc:"IP address reported as the compute nodes' host_ip"`
@@ -83,6 +84,13 @@ type Config struct {
 	VolumeBackend     string `envconfig:"VOLUME_BACKEND" default:"vmware" desc:"volume role: the cinder backend served, <host>@<backend> (from the files: the first enabled_backends section whose volume_driver is the VMDK driver)"`
 	VolumeDatabaseURL string `envconfig:"VOLUME_DATABASE_URL" conf:"database.connection" secret:"url" desc:"volume role: cinder's database, as oslo.db's connection (mysql+pymysql://user:pass@host/cinder?charset=utf8, ?unix_socket=PATH) or a go-sql-driver DSN"`
 	VolumeExchange    string `envconfig:"VOLUME_EXCHANGE" default:"openstack" desc:"volume role: cinder's control exchange"`
+
+	NetworkBridgeMappings  []string      `envconfig:"NETWORK_BRIDGE_MAPPINGS" conf:"ML2_VMWARE.network_maps" default:"physnet1:DVS0" desc:"network role: comma-separated physical network to DVS name mappings, physnet:dvs"`
+	NetworkExchange        string        `envconfig:"NETWORK_EXCHANGE" default:"neutron" desc:"network role: neutron's control exchange"`
+	NetworkReportInterval  time.Duration `envconfig:"NETWORK_REPORT_INTERVAL" conf:"AGENT.report_interval" default:"30s" desc:"network role: agent state report interval (in a file: seconds)"`
+	NetworkPollingInterval time.Duration `envconfig:"NETWORK_POLLING_INTERVAL" conf:"AGENT.polling_interval" default:"2s" desc:"network role: how often the DVS ports are read for ports that came up or went down (in a file: seconds)"`
+	NetworkSecurityGroups  bool          `envconfig:"NETWORK_SECURITY_GROUPS" conf:"SECURITYGROUP.enable_security_group" default:"true" desc:"network role: program security groups as DVS port traffic filters"`
+	NetworkPortgroupPorts  int           `envconfig:"NETWORK_PORTGROUP_PORTS" conf:"DVS.init_pg_ports_count" default:"4" desc:"network role: ports of a new port group (doubled when full)"`
 
 	SimClusters        int `envconfig:"SIM_CLUSTERS" default:"2" desc:"embedded simulator: number of clusters"`
 	SimHostsPerCluster int `envconfig:"SIM_HOSTS_PER_CLUSTER" default:"3" desc:"embedded simulator: ESXi hosts per cluster"`

@@ -94,6 +94,8 @@ type VMSpec struct {
 	// in order, which saves an AttachDisk (4 round trips) per disk. They
 	// need SCSIController.
 	Disks []string
+	// NICs are the VM's network cards, in order (nvp.iface-id.0, .1, …).
+	NICs []NIC
 }
 
 // Disk is a virtual disk of a VM.
