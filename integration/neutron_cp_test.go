@@ -131,8 +131,8 @@ func TestNeutronControlPlane(t *testing.T) {
 		if ctrl.NeutronExchange != "neutron" {
 			t.Errorf("neutron_exchange = %q, want \"neutron\"", ctrl.NeutronExchange)
 		}
-		if ctrl.NeutronServerURL == ctrl.NeutronURL {
-			t.Errorf("neutron_server_url = neutron_url = %s: nova's stub must stay apart", ctrl.NeutronURL)
+		if ctrl.NeutronServerURL != ctrl.NeutronURL {
+			t.Errorf("neutron_server_url = %s, neutron_url = %s: nova must use the real neutron-server", ctrl.NeutronServerURL, ctrl.NeutronURL)
 		}
 		if _, err := ctrl.NeutronGET(ctx, "/networks"); err != nil {
 			t.Fatal(err)

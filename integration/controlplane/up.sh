@@ -2,8 +2,8 @@
 # up.sh WORK — bring up a real OpenStack Zed control plane from Debian bookworm's packages
 # for end-to-end tests of vcagent: nova-api, nova-conductor, nova-scheduler, placement-api,
 # glance-api, cinder-api, cinder-scheduler (no cinder-volume: the agent is the volume
-# service), a neutron stub (what nova uses) and a real neutron-server (ML2, mechanism
-# driver vmware_dvs from contrib/neutron, on its own port), on a private MariaDB (unix
+# service) and a real neutron-server (ML2, mechanism driver vmware_dvs from
+# contrib/neutron; nova's network service), on a private MariaDB (unix
 # socket under WORK) and the RabbitMQ vhost $CP_VHOST (default vcagent_cp). No keystone:
 # noauth2, token admin:admin.
 #
@@ -67,7 +67,7 @@ install_pkgs() {
 # (e.g. the vhost reset) can disturb another control plane on the same ports
 preflight() {
   local spec name port
-  for spec in neutron-stub:$CP_NEUTRON_PORT placement-api:$CP_PLACEMENT_PORT \
+  for spec in placement-api:$CP_PLACEMENT_PORT \
               glance-api:$CP_GLANCE_PORT nova-api:$CP_NOVA_PORT cinder-api:$CP_CINDER_PORT \
               neutron-server:$CP_NEUTRON_SERVER_PORT; do
     name=${spec%%:*}; port=${spec##*:}
@@ -112,7 +112,7 @@ write_configs() {
   render "$t/ml2_conf.ini"       "$e/ml2_conf.ini"
   cp "$t/glance-policy.yaml" "$e/glance-policy.yaml"
   # the running services use copies under WORK, not the checkout
-  cp "$CP_DIR/lib/cp_noauth.py" "$CP_DIR/lib/cp_cinder_noauth.py" "$CP_DIR/lib/neutron_stub.py" \
+  cp "$CP_DIR/lib/cp_noauth.py" "$CP_DIR/lib/cp_cinder_noauth.py" \
      "$CP_DIR/lib/nova_db_setup.py" "$CP_DIR/lib/cp_neutron_noauth.py" "$WORK/lib/"
   # the vmware_dvs ML2 driver (contrib/neutron) into WORK/lib/python, with the egg-info
   # whose entry point neutron's stevedore loads; on neutron-server's python path only
@@ -207,9 +207,6 @@ sync_neutron() {
 }
 
 # ---------------------------------------------------------------- services
-start_neutron_stub() {
-  start_bg neutron-stub "$CP_NEUTRON_PORT" $PY "$WORK/lib/neutron_stub.py" "$CP_NEUTRON_PORT"
-}
 start_placement() {
   # uwsgi with --http11-socket: --http-socket breaks keep-alive clients (keystoneauth gets
   # "connection reset" on its second request)
@@ -329,7 +326,7 @@ export CP_WORK='$WORK'
 export CP_TOKEN='$CP_TOKEN'
 export CP_VHOST='$CP_VHOST'
 export CP_TRANSPORT_URL='$TRANSPORT_URL'
-export CP_NOVA_URL='$NOVA_URL' CP_PLACEMENT_URL='$PLACEMENT_URL' CP_GLANCE_URL='$GLANCE_URL' CP_NEUTRON_URL='$NEUTRON_URL'
+export CP_NOVA_URL='$NOVA_URL' CP_PLACEMENT_URL='$PLACEMENT_URL' CP_GLANCE_URL='$GLANCE_URL' CP_NEUTRON_URL='$NEUTRON_SERVER_URL'
 export CP_NOVA_CONF='$WORK/etc/nova.conf' CP_NOVA_COMPUTE_CONF='$WORK/etc/nova-compute.conf'
 export CP_CINDER_URL='$CINDER_URL' CP_CINDER_CONF='$WORK/etc/cinder.conf' CP_CINDER_DB='$CINDER_GO_DSN'
 export CP_NEUTRON_SERVER_URL='$NEUTRON_SERVER_URL' CP_NEUTRON_CONF='$WORK/etc/neutron.conf'
@@ -362,7 +359,7 @@ def pid(name):
         return int(open(os.path.join(w, 'run', name + '.pid')).read().strip())
     except (OSError, ValueError):
         return None
-services = ['mysqld', 'neutron-stub', 'placement-api', 'glance-api',
+services = ['mysqld', 'placement-api', 'glance-api',
             'nova-conductor', 'nova-scheduler', 'nova-api', 'cinder-api', 'cinder-scheduler', 'neutron-server']
 d = {
     'work': w,
@@ -377,7 +374,7 @@ d = {
     'placement_url': e['PLACEMENT_URL'],
     'placement_microversion': '1.39',
     'glance_url': e['GLANCE_URL'],
-    'neutron_url': e['NEUTRON_URL'],
+    'neutron_url': e['NEUTRON_SERVER_URL'],
     'nova_conf': os.path.join(w, 'etc', 'nova.conf'),
     'nova_compute_conf': os.path.join(w, 'etc', 'nova-compute.conf'),
     'placement_conf': os.path.join(w, 'etc', 'placement', 'placement.conf'),
@@ -430,14 +427,13 @@ start_db
 log "mariadb ready ($(elapsed) s)"
 
 # schema: nova's chain in the background, placement and glance meanwhile; placement,
-# glance and the neutron stub start as soon as their own database is ready
+# and glance start as soon as their own database is ready
 ( sync_nova ) >> "$WORK/log/nova-db-sync.log" 2>&1 &
 NOVA_SYNC_JOB=$!
 ( sync_cinder ) >> "$WORK/log/cinder-db-sync.log" 2>&1 &
 CINDER_SYNC_JOB=$!
 ( sync_neutron ) >> "$WORK/log/neutron-db-sync.log" 2>&1 &
 NEUTRON_SYNC_JOB=$!
-start_neutron_stub
 step placement-db $BIN/placement-manage --config-file "$WORK/etc/placement/placement.conf" db sync \
   >>"$WORK/log/placement-db-sync.log" 2>&1 || die "placement db sync failed; see $WORK/log/placement-db-sync.log"
 start_placement
@@ -454,7 +450,6 @@ grep '^\[' "$WORK/log/rabbit-setup.log" >&2 || true
 log "schemas ready ($(elapsed) s)"
 
 start_nova
-wait_http neutron-stub "$NEUTRON_URL/" 30
 wait_http placement-api "$PLACEMENT_URL/" 120
 wait_http glance-api "$GLANCE_URL/versions" 120
 wait_http nova-api "$NOVA_URL/" 180

@@ -57,7 +57,7 @@ type Env struct {
 	PlacementURL          string            `json:"placement_url"`
 	PlacementMicroversion string            `json:"placement_microversion"`
 	GlanceURL             string            `json:"glance_url"`  // without /v2
-	NeutronURL            string            `json:"neutron_url"` // the stub
+	NeutronURL            string            `json:"neutron_url"` // neutron-server, as nova uses it
 	NovaConf              string            `json:"nova_conf"`
 	NovaComputeConf       string            `json:"nova_compute_conf"` // a VMware nova-compute's config
 	PlacementConf         string            `json:"placement_conf"`
@@ -85,7 +85,7 @@ type Env struct {
 	Project            string   `json:"project"`         // the project of Token ("user:project")
 
 	// the real neutron-server (ML2, mechanism driver vmware_dvs from contrib/neutron) on a
-	// port of its own; nova still uses the stub at NeutronURL
+	// port of its own; nova uses it too (NeutronURL is the same)
 	NeutronServerURL     string `json:"neutron_server_url"`      // http://127.0.0.1:19697 (API below /v2.0)
 	NeutronExchange      string `json:"neutron_exchange"`        // neutron's oslo.messaging exchange ("neutron")
 	NeutronConf          string `json:"neutron_conf"`            // neutron-server's config

@@ -17,7 +17,7 @@ import (
 // Neutron sends a request to the control plane's real neutron-server (path below /v2.0,
 // e.g. "/networks") with the control plane's token ("admin:admin": user admin of project
 // admin, an admin) and returns the decoded JSON object (nil for an empty body). This is
-// not the stub nova uses (NeutronURL).
+// the same server nova uses (NeutronURL).
 func (c *ControlPlane) Neutron(ctx context.Context, method, path string, body any) (map[string]any, error) {
 	if c.NeutronServerURL == "" {
 		return nil, errors.New("cp: env.json has no neutron_server_url (a control plane started before neutron-server was added: re-run up.sh)")

@@ -14,7 +14,7 @@ unset PYTHONPATH PYTHONHOME   # a caller's virtualenv / pyenv settings must not 
 # every config). Delete WORK to change them.
 # (A variable added to this list later, e.g. CP_CINDER_PORT, is taken from the environment
 # or its default the first time and then appended to an older WORK's settings.env.)
-CP_FIXED_VARS="CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_CINDER_PORT CP_TOKEN CP_NEUTRON_SERVER_PORT"
+CP_FIXED_VARS="CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_CINDER_PORT CP_TOKEN CP_NEUTRON_SERVER_PORT"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -40,10 +40,9 @@ load_settings() {
   CP_NOVA_PORT=${CP_NOVA_PORT:-18774}
   CP_PLACEMENT_PORT=${CP_PLACEMENT_PORT:-18778}
   CP_GLANCE_PORT=${CP_GLANCE_PORT:-19292}
-  CP_NEUTRON_PORT=${CP_NEUTRON_PORT:-19696}   # the neutron *stub* (lib/neutron_stub.py)
   CP_CINDER_PORT=${CP_CINDER_PORT:-18776}     # cinder-api (uwsgi)
   CP_TOKEN=${CP_TOKEN:-admin:admin}           # noauth2 token "user:project"; user admin is admin
-  CP_NEUTRON_SERVER_PORT=${CP_NEUTRON_SERVER_PORT:-19697}   # the real neutron-server (nova keeps the stub)
+  CP_NEUTRON_SERVER_PORT=${CP_NEUTRON_SERVER_PORT:-19697}   # the real neutron-server (nova's network service)
   # free settings (read on every run)
   CP_DEBUG=${CP_DEBUG:-False}
   CP_REPORT_INTERVAL=${CP_REPORT_INTERVAL:-5}
@@ -71,7 +70,6 @@ load_settings() {
   NOVA_URL=http://127.0.0.1:$CP_NOVA_PORT/v2.1
   PLACEMENT_URL=http://127.0.0.1:$CP_PLACEMENT_PORT
   GLANCE_URL=http://127.0.0.1:$CP_GLANCE_PORT
-  NEUTRON_URL=http://127.0.0.1:$CP_NEUTRON_PORT
   NEUTRON_SERVER_URL=http://127.0.0.1:$CP_NEUTRON_SERVER_PORT
   # cinder: the project of the token ("user:project") in the URL, as a keystone catalog
   # would give it. cinder routes a project id in a URL only if it matches
@@ -96,10 +94,10 @@ load_settings() {
   CINDER_GO_DSN="cp:cp@unix($MYSQL_SOCK)/cinder?parseTime=true"
   # exported for render (templates use @NAME@)
   export WORK CP_VHOST CP_RABBIT_HOST CP_RABBIT_PORT CP_RABBIT_USER CP_RABBIT_PASS \
-    CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_NEUTRON_PORT CP_CINDER_PORT CP_TOKEN CP_DEBUG \
+    CP_NOVA_PORT CP_PLACEMENT_PORT CP_GLANCE_PORT CP_CINDER_PORT CP_TOKEN CP_DEBUG \
     CP_REPORT_INTERVAL CP_SERVICE_DOWN_TIME CP_DISCOVER_INTERVAL CP_COMPUTE_HOST \
     CP_VC_HOST CP_VC_PORT CP_VC_USER CP_VC_PASS CP_VC_CLUSTER CP_VC_DATASTORE_REGEX \
-    TRANSPORT_URL NOVA_URL PLACEMENT_URL GLANCE_URL NEUTRON_URL MYSQL_SOCK \
+    TRANSPORT_URL NOVA_URL PLACEMENT_URL GLANCE_URL MYSQL_SOCK \
     DB_NOVA_API DB_NOVA_CELL0 DB_NOVA DB_PLACEMENT DB_GLANCE DB_CINDER CINDER_GO_DSN \
     CP_PROJECT CINDER_ROOT CINDER_URL CINDER_PROJECT_ID_REGEX CP_CINDER_SCHED_WAIT \
     CP_NEUTRON_SERVER_PORT NEUTRON_SERVER_URL DB_NEUTRON CP_NEUTRON_AGENT_DOWN_TIME \
