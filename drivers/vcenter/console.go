@@ -84,15 +84,9 @@ func (s *Session) EnableVNC(ctx context.Context, vm Ref, minPort, total int, key
 	if err != nil {
 		return 0, wrapErr(op, err)
 	}
-	port := -1
-	for p := minPort; p < minPort+total; p++ {
-		if _, taken := used[p]; !taken {
-			port = p
-			break
-		}
-	}
-	if port < 0 {
-		return 0, wrapErr(op, fmt.Errorf("%w in %d-%d", ErrVNCPortsExhausted, minPort, minPort+total))
+	port, err := s.freeVNCPort(used, minPort, total)
+	if err != nil {
+		return 0, wrapErr(op, err)
 	}
 	spec := types.VirtualMachineConfigSpec{ExtraConfig: []types.BaseOptionValue{
 		&types.OptionValue{Key: VNCEnabledKey, Value: "true"},
@@ -104,6 +98,48 @@ func (s *Session) EnableVNC(ctx context.Context, vm Ref, minPort, total int, key
 	}
 	s.log.Info().Str("vm", vm.Value).Int("port", port).Msg("enabled vnc")
 	return port, nil
+}
+
+// freeVNCPort is the first port of [minPort, minPort+total) neither used
+// by a VM nor reserved for one being created. The caller holds vncMu.
+func (s *Session) freeVNCPort(used map[int]Ref, minPort, total int) (int, error) {
+	for p := minPort; p < minPort+total; p++ {
+		if _, taken := used[p]; !taken && !s.vncPending[p] {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("%w in %d-%d", ErrVNCPortsExhausted, minPort, minPort+total)
+}
+
+// ReserveVNCPort picks the VNC port of a VM about to be created, by nova's
+// rule (as EnableVNC), and returns the extraConfig that gives it to the VM
+// in CreateVM's own spec: nova reconfigures the VM after creating it, a
+// task and its poll more. The port stays reserved in this process until
+// release is called, once CreateVM has returned (the VM holds the port
+// then, or the build failed), so concurrent builds get different ports.
+//
+// Cost: 3 SOAP round trips (the port scan). Safe for concurrent use.
+func (s *Session) ReserveVNCPort(ctx context.Context, minPort, total int, keymap string) (extraConfig map[string]string, release func(), err error) {
+	s.vncMu.Lock()
+	defer s.vncMu.Unlock()
+	used, err := s.VNCPortsInUse(ctx)
+	if err != nil {
+		return nil, nil, wrapErr("reserve a vnc port", err)
+	}
+	port, err := s.freeVNCPort(used, minPort, total)
+	if err != nil {
+		return nil, nil, wrapErr("reserve a vnc port", err)
+	}
+	if s.vncPending == nil {
+		s.vncPending = map[int]bool{}
+	}
+	s.vncPending[port] = true
+	release = func() {
+		s.vncMu.Lock()
+		delete(s.vncPending, port)
+		s.vncMu.Unlock()
+	}
+	return map[string]string{VNCEnabledKey: "true", VNCPortKey: strconv.Itoa(port), VNCKeymapKey: keymap}, release, nil
 }
 
 // VNCPort returns the VM's RemoteDisplay.vnc.port; false when it has none.

@@ -2,6 +2,7 @@ package vcenter
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -53,18 +54,41 @@ func TestConsoleVNCPortAllocation(t *testing.T) {
 	}
 }
 
-// TestConsoleMKSTicketOnSimulator records that govmomi's simulator does not
-// implement AcquireTicket: the error wraps ErrNotImplemented.
+// TestConsoleMKSTicketOnSimulator: the embedded simulator's AcquireTicket
+// extension (vcsim has none) gives a running VM an MKS ticket for its host,
+// and refuses a VM that is off, as vCenter does.
 func TestConsoleMKSTicketOnSimulator(t *testing.T) {
 	t.Parallel()
 	e := newVMEnv(t)
-	vm, err := e.s.CreateVM(t.Context(), e.spec("4f5a0c1e-4444-4a4e-9d43-3f1c8d7f0a04"))
+	ctx := t.Context()
+	vm, err := e.s.CreateVM(ctx, e.spec("4f5a0c1e-4444-4a4e-9d43-3f1c8d7f0a04"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.s.AcquireMKSTicket(t.Context(), vm.Ref)
-	if !errors.Is(err, ErrNotImplemented) || !IsFault(err) {
-		t.Errorf("AcquireMKSTicket on the simulator: %v, want a fault wrapping ErrNotImplemented", err)
+	if _, err := e.s.AcquireMKSTicket(ctx, vm.Ref); err == nil || !IsFault(err) {
+		t.Errorf("AcquireMKSTicket of a VM that is off: %v, want a fault", err)
+	}
+	if err := e.s.PowerOn(ctx, vm.Ref); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := e.s.AcquireMKSTicket(ctx, vm.Ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, err := e.s.GetVM(ctx, vm.Ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := e.s.HostName(ctx, running.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tk.Ticket) != 32 || tk.Port != 902 || tk.Host != host || !strings.HasSuffix(tk.CfgFile, ".vmx") {
+		t.Errorf("ticket %+v, want one for host %s", tk, host)
+	}
+	tk2, err := e.s.AcquireMKSTicket(ctx, vm.Ref)
+	if err != nil || tk2.Ticket == tk.Ticket {
+		t.Errorf("second ticket %+v, %v: want a new one", tk2, err)
 	}
 }
 

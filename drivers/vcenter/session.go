@@ -47,17 +47,20 @@ type Session struct {
 	tasks   chan struct{}        // the task budget: one token per running task
 	// vncMu serialises this session's VNC port allocations, as nova's
 	// @utils.synchronized('vmware.get_and_set_vnc_port') does.
-	vncMu   sync.Mutex
-	flights sync.WaitGroup  // running re-logins (for Logout)
-	life    sync.Mutex      // serialises Login and Logout
-	mu      sync.Mutex      // guards the fields below
-	client  *vim25.Client   // nil until the first Login
-	active  bool            // between Login and Logout
-	gen     uint64          // bumped by every successful login
-	flight  *loginFlight    // in-progress re-login, if any
-	ka      *keepAlive      // running keep-alive, if any
-	relogs  int64           // successful re-logins
-	about   types.AboutInfo // from the service content
+	vncMu sync.Mutex
+	// vncPending holds the VNC ports ReserveVNCPort gave to VMs not yet
+	// created (guarded by vncMu).
+	vncPending map[int]bool
+	flights    sync.WaitGroup  // running re-logins (for Logout)
+	life       sync.Mutex      // serialises Login and Logout
+	mu         sync.Mutex      // guards the fields below
+	client     *vim25.Client   // nil until the first Login
+	active     bool            // between Login and Logout
+	gen        uint64          // bumped by every successful login
+	flight     *loginFlight    // in-progress re-login, if any
+	ka         *keepAlive      // running keep-alive, if any
+	relogs     int64           // successful re-logins
+	about      types.AboutInfo // from the service content
 }
 
 // loginFlight is one in-progress re-login that concurrent callers wait on.

@@ -46,6 +46,9 @@ const (
 	DefaultSimulatorDatastores      = 2
 	DefaultSimulatorListenAddr      = "127.0.0.1:0"
 	DefaultSimulatorUser            = "administrator@vsphere.local"
+	// SimulatorDVS is the distributed switch the simulator creates in its
+	// datacenter, with every host as a member.
+	SimulatorDVS = "DVS0"
 )
 
 // SimulatorConfig sizes the embedded vCenter simulator. Zero values take
@@ -85,7 +88,11 @@ type SimulatorConfig struct {
 // VMware infrastructure. Its inventory is one datacenter "DC0" with clusters
 // "DC0_C0", "DC0_C1", ... of hosts "DC0_C0_H0", ..., and datastores
 // "LocalDS_0", "LocalDS_1", ... of type VMFS mounted by every host, backed by
-// a temporary directory. It holds no virtual machines at start.
+// a temporary directory. It holds no virtual machines at start. One
+// distributed switch, SimulatorDVS ("DVS0"), spans every host; it has
+// only its uplink port group at start. The simulator keeps per-port state
+// of distributed switches (names, blocking, traffic filters, connected VMs)
+// that govmomi's vcsim lacks (see dvsExtension).
 type Simulator struct {
 	model  *simulator.Model
 	server *simulator.Server
@@ -153,6 +160,8 @@ func StartSimulator(ctx context.Context, cfg SimulatorConfig) (*Simulator, error
 		m.Remove()
 		return nil, fmt.Errorf("vcenter simulator: create inventory: %w", err)
 	}
+	installDVSExtension(m)
+	installMKSExtension(m)
 	if err := populate(ctx, m, cfg); err != nil {
 		m.Remove()
 		return nil, fmt.Errorf("vcenter simulator: create inventory: %w", err)
@@ -205,7 +214,8 @@ func (s *Simulator) Close() {
 }
 
 // populate adds cfg.HostsPerCluster hosts to every cluster of m, then
-// cfg.Datastores VMFS datastores mounted by every host. It talks to the model
+// cfg.Datastores VMFS datastores mounted by every host, then the
+// distributed switch SimulatorDVS. It talks to the model
 // through an in-process client (no HTTP, no login).
 func populate(ctx context.Context, m *simulator.Model, cfg SimulatorConfig) error {
 	c, err := vim25.NewClient(ctx, m.Service)
@@ -253,6 +263,64 @@ func populate(ctx context.Context, m *simulator.Model, cfg SimulatorConfig) erro
 		}
 	}
 	shapeDatastores(m)
+	return addDVS(ctx, m, c, hosts)
+}
+
+// addDVS creates the distributed switch SimulatorDVS in the datacenter's
+// network folder through the API, makes every host a member and marks its
+// uplink port group as one (vcsim does not), holding simulatorBuild for
+// reading.
+func addDVS(ctx context.Context, m *simulator.Model, c *vim25.Client, hosts []*object.HostSystem) error {
+	simulatorBuild.RLock()
+	defer simulatorBuild.RUnlock()
+	dcs := m.Map().All("Datacenter")
+	if len(dcs) == 0 {
+		return errors.New("simulator has no datacenter")
+	}
+	folders, err := object.NewDatacenter(c, dcs[0].Reference()).Folders(ctx)
+	if err != nil {
+		return err
+	}
+	task, err := folders.NetworkFolder.CreateDVS(ctx, types.DVSCreateSpec{
+		ConfigSpec: &types.VMwareDVSConfigSpec{DVSConfigSpec: types.DVSConfigSpec{Name: SimulatorDVS}},
+	})
+	if err != nil {
+		return fmt.Errorf("create %s: %w", SimulatorDVS, err)
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", SimulatorDVS, err)
+	}
+	ref, ok := info.Result.(types.ManagedObjectReference)
+	if !ok {
+		return fmt.Errorf("unexpected CreateDVS_Task result %T", info.Result)
+	}
+	spec := &types.DVSConfigSpec{}
+	for _, h := range hosts {
+		spec.Host = append(spec.Host, types.DistributedVirtualSwitchHostMemberConfigSpec{
+			Operation: string(types.ConfigSpecOperationAdd),
+			Host:      h.Reference(),
+		})
+	}
+	task, err = object.NewDistributedVirtualSwitch(c, ref).Reconfigure(ctx, spec)
+	if err != nil {
+		return fmt.Errorf("add hosts to %s: %w", SimulatorDVS, err)
+	}
+	if _, err := task.WaitForResult(ctx, nil); err != nil {
+		return fmt.Errorf("add hosts to %s: %w", SimulatorDVS, err)
+	}
+	sctx := m.Service.Context
+	sw, ok := m.Map().Get(ref).(*simulator.DistributedVirtualSwitch)
+	if !ok {
+		return fmt.Errorf("%s is not a distributed switch", ref)
+	}
+	var uplinks []types.ManagedObjectReference
+	m.Map().WithLock(sctx, sw, func() { uplinks = slices.Clone(sw.Portgroup) })
+	for _, pgRef := range uplinks {
+		if pg, ok := m.Map().Get(pgRef).(*simulator.DistributedVirtualPortgroup); ok {
+			m.Map().WithLock(sctx, pg, func() { pg.Config.Uplink = types.NewBool(true) })
+		}
+	}
 	return nil
 }
 

@@ -137,6 +137,9 @@ type VM struct {
 	Disks []Disk
 	// Controllers are the keys of the VM's SCSI controllers, sorted.
 	Controllers []int32
+	// NICs are the VM's network cards in device order, IfaceID taken from
+	// nvp.iface-id.<position>.
+	NICs []NIC
 }
 
 // vmProperties are the VirtualMachine properties read into a VM.
@@ -149,9 +152,14 @@ var vmProperties = []string{
 
 // CreateVM creates a powered-off VM from spec and returns it as read back.
 //
+// spec.NICs are added in the same configuration (see NIC), each with its
+// nvp.iface-id.<index> extraConfig entry; a NIC whose Network names no
+// port group (only NetworkName) costs one round trip for all of them to find
+// the networks by name.
+//
 // Cost: 3 SOAP round trips (CreateVM_Task, task polls (usually 1-2),
-// RetrievePropertiesEx), plus 1 when spec.DatastorePath is empty. Safe for
-// concurrent use.
+// RetrievePropertiesEx), plus 1 when spec.DatastorePath is empty and 1 when
+// a NIC's network is found by name. Safe for concurrent use.
 func (s *Session) CreateVM(ctx context.Context, spec VMSpec) (VM, error) {
 	op := fmt.Sprintf("create vm %q", spec.Name)
 	c := s.activeClient()
@@ -217,6 +225,15 @@ func (s *Session) CreateVM(ctx context.Context, spec VMSpec) (VM, error) {
 				}},
 			})
 		}
+	}
+
+	if len(spec.NICs) > 0 {
+		changes, extra, err := s.nicChanges(ctx, c, spec.ResourcePool, spec.NICs, 0)
+		if err != nil {
+			return VM{}, wrapErr(op, err)
+		}
+		cs.DeviceChange = append(cs.DeviceChange, changes...)
+		cs.ExtraConfig = append(cs.ExtraConfig, extra...)
 	}
 
 	res, err := s.runTask(ctx, c, op, func() (types.ManagedObjectReference, error) {
@@ -812,8 +829,49 @@ func vmFrom(m mo.VirtualMachine) VM {
 			}
 		}
 		slices.Sort(out.Controllers)
+		out.NICs = nicsFrom(cfg.Hardware.Device, out.ExtraConfig)
 	}
 	return out
+}
+
+// nicsFrom lists the network cards among devices, in device order.
+func nicsFrom(devices []types.BaseVirtualDevice, extra map[string]string) []NIC {
+	var out []NIC
+	for _, d := range devices {
+		card, ok := d.(types.BaseVirtualEthernetCard)
+		if !ok {
+			continue
+		}
+		ec := card.GetVirtualEthernetCard()
+		nic := NIC{Model: nicModel(card), MAC: ec.MacAddress, IfaceID: extra[ifaceIDKey(len(out))]}
+		switch b := ec.Backing.(type) {
+		case *types.VirtualEthernetCardDistributedVirtualPortBackingInfo:
+			nic.Network = NetworkRef{SwitchUUID: b.Port.SwitchUuid, PortgroupKey: b.Port.PortgroupKey, PortKey: b.Port.PortKey}
+		case *types.VirtualEthernetCardNetworkBackingInfo:
+			nic.Network = NetworkRef{NetworkName: b.DeviceName}
+		}
+		out = append(out, nic)
+	}
+	return out
+}
+
+// nicModel names the model of card (NICModel*), "" if unknown.
+func nicModel(card types.BaseVirtualEthernetCard) string {
+	switch card.(type) {
+	case *types.VirtualE1000:
+		return NICModelE1000
+	case *types.VirtualE1000e:
+		return NICModelE1000e
+	case *types.VirtualVmxnet:
+		return NICModelVmxnet
+	case *types.VirtualVmxnet3:
+		return NICModelVmxnet3
+	case *types.VirtualPCNet32:
+		return NICModelPCNet32
+	case *types.VirtualSriovEthernetCard:
+		return NICModelSriov
+	}
+	return ""
 }
 
 // disksFrom lists the virtual disks among devices, sorted by key.
@@ -845,4 +903,301 @@ func extraConfig(m map[string]string) []types.BaseOptionValue {
 		out = append(out, &types.OptionValue{Key: k, Value: m[k]})
 	}
 	return out
+}
+
+// NIC models (NIC.Model); empty is NICModelE1000, nova's default.
+const (
+	NICModelE1000   = "e1000"
+	NICModelE1000e  = "e1000e"
+	NICModelVmxnet  = "vmxnet"
+	NICModelVmxnet3 = "vmxnet3"
+	NICModelPCNet32 = "pcnet32"
+	NICModelSriov   = "sriov"
+)
+
+// ifaceIDKey is the extraConfig key naming the neutron port of NIC index
+// i, which NSX and the DVS agent read.
+func ifaceIDKey(i int) string { return fmt.Sprintf("nvp.iface-id.%d", i) }
+
+// ifaceFree is what nova writes to nvp.iface-id.<i> when it detaches the NIC.
+const ifaceFree = "free"
+
+// nicKeyBase is the (negative) device key of the first NIC added in one
+// configuration; SCSI controllers and disks take keys from -200 down.
+const nicKeyBase = -1000
+
+// nicCard returns an empty card of model.
+func nicCard(model string) (types.BaseVirtualEthernetCard, error) {
+	switch model {
+	case "", NICModelE1000:
+		return &types.VirtualE1000{}, nil
+	case NICModelE1000e:
+		return &types.VirtualE1000e{}, nil
+	case NICModelVmxnet:
+		return &types.VirtualVmxnet{}, nil
+	case NICModelVmxnet3:
+		return &types.VirtualVmxnet3{}, nil
+	case NICModelPCNet32:
+		return &types.VirtualPCNet32{}, nil
+	case NICModelSriov:
+		return &types.VirtualSriovEthernetCard{}, nil
+	default:
+		return nil, fmt.Errorf("%w: unknown NIC model %q", ErrInvalidArgument, model)
+	}
+}
+
+// nicChanges returns the device changes adding nics and their extraConfig
+// entries nvp.iface-id.<first+i>. NICs with a port group need no lookup;
+// the others' networks are found by name among the networks of the compute
+// resource owning pool (one round trip for all of them).
+func (s *Session) nicChanges(ctx context.Context, c *vim25.Client, pool Ref, nics []NIC, first int) ([]types.BaseVirtualDeviceConfigSpec, []types.BaseOptionValue, error) {
+	var nets *namedNetworks
+	var changes []types.BaseVirtualDeviceConfigSpec
+	var extra []types.BaseOptionValue
+	for i, nic := range nics {
+		card, err := nicCard(nic.Model)
+		if err != nil {
+			return nil, nil, err
+		}
+		ref := nic.Network
+		var backing types.BaseVirtualDeviceBackingInfo
+		switch {
+		case ref.SwitchUUID != "" && ref.PortgroupKey != "":
+		case ref.NetworkName != "":
+			if nets == nil {
+				if nets, err = s.readNetworks(ctx, c, pool); err != nil {
+					return nil, nil, err
+				}
+			}
+			found, ok := nets.find(ref.NetworkName)
+			if !ok {
+				return nil, nil, fmt.Errorf("network %q: %w", ref.NetworkName, ErrNotFound)
+			}
+			ref, backing = found.ref, found.backing
+		default:
+			return nil, nil, fmt.Errorf("%w: NIC %d has neither a port group nor a network name", ErrInvalidArgument, i)
+		}
+		if backing == nil {
+			backing = &types.VirtualEthernetCardDistributedVirtualPortBackingInfo{
+				Port: types.DistributedVirtualSwitchPortConnection{
+					SwitchUuid:   ref.SwitchUUID,
+					PortgroupKey: ref.PortgroupKey,
+					PortKey:      ref.PortKey,
+				},
+			}
+		}
+		ec := card.GetVirtualEthernetCard()
+		ec.Key = int32(nicKeyBase - i)
+		ec.Backing = backing
+		ec.Connectable = &types.VirtualDeviceConnectInfo{StartConnected: true, AllowGuestControl: true, Connected: true}
+		if nic.MAC != "" {
+			ec.AddressType = string(types.VirtualEthernetCardMacTypeManual)
+			ec.MacAddress = nic.MAC
+		}
+		changes = append(changes, &types.VirtualDeviceConfigSpec{
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device:    card.(types.BaseVirtualDevice),
+		})
+		if nic.IfaceID != "" {
+			extra = append(extra, &types.OptionValue{Key: ifaceIDKey(first + i), Value: nic.IfaceID})
+		}
+	}
+	return changes, extra, nil
+}
+
+// namedNetwork is a network found by name, with the backing a NIC on it
+// takes.
+type namedNetwork struct {
+	name    string
+	ref     NetworkRef
+	backing types.BaseVirtualDeviceBackingInfo // nil: a DV port backing from ref
+}
+
+// namedNetworks are the networks a NIC can be attached to by name.
+type namedNetworks struct {
+	portgroups []namedNetwork // sorted by name
+	standard   []namedNetwork
+}
+
+// find returns the DV port group whose name contains name, else the
+// standard network called name, as nova's
+// network_util.get_network_with_the_name does.
+func (n *namedNetworks) find(name string) (namedNetwork, bool) {
+	for _, pg := range n.portgroups {
+		if strings.Contains(pg.name, name) {
+			return pg, true
+		}
+	}
+	for _, net := range n.standard {
+		if net.name == name {
+			return net, true
+		}
+	}
+	return namedNetwork{}, false
+}
+
+// readNetworks reads, in one retrieval, the networks of the compute
+// resource owning pool and, for its DV port groups, the switches beside
+// them in their network folder (for the switch uuid a backing needs).
+func (s *Session) readNetworks(ctx context.Context, c *vim25.Client, pool Ref) (*namedNetworks, error) {
+	if pool.IsZero() {
+		return nil, fmt.Errorf("%w: a resource pool is needed to find networks by name", ErrInvalidArgument)
+	}
+	siblings := &types.TraversalSpec{
+		Type:      "DistributedVirtualPortgroup",
+		Path:      "parent",
+		Skip:      types.NewBool(true),
+		SelectSet: []types.BaseSelectionSpec{&types.TraversalSpec{Type: "Folder", Path: "childEntity", Skip: types.NewBool(false)}},
+	}
+	objects, err := s.retrieve(ctx, c, types.PropertyFilterSpec{
+		ObjectSet: []types.ObjectSpec{{
+			Obj:  pool.Reference(),
+			Skip: types.NewBool(true),
+			SelectSet: []types.BaseSelectionSpec{&types.TraversalSpec{
+				Type: "ResourcePool",
+				Path: "owner",
+				Skip: types.NewBool(true),
+				SelectSet: []types.BaseSelectionSpec{&types.TraversalSpec{
+					Type:      "ComputeResource",
+					Path:      "network",
+					Skip:      types.NewBool(false),
+					SelectSet: []types.BaseSelectionSpec{siblings},
+				}},
+			}},
+		}},
+		PropSet: []types.PropertySpec{
+			{Type: "Network", PathSet: []string{"name"}},
+			{Type: "DistributedVirtualPortgroup", PathSet: []string{"key", "config.distributedVirtualSwitch"}},
+			{Type: "DistributedVirtualSwitch", PathSet: []string{"uuid"}},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read networks: %w", err)
+	}
+	uuids := map[types.ManagedObjectReference]string{}
+	type dvpg struct {
+		name, key string
+		dvs       types.ManagedObjectReference
+	}
+	var pgs []dvpg
+	out := &namedNetworks{}
+	for _, oc := range objects {
+		switch {
+		case isSwitch(oc.Obj.Type):
+			var d mo.DistributedVirtualSwitch
+			if err := mo.LoadObjectContent([]types.ObjectContent{oc}, &d); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", oc.Obj, err)
+			}
+			uuids[oc.Obj] = d.Uuid
+		case oc.Obj.Type == "DistributedVirtualPortgroup":
+			var p mo.DistributedVirtualPortgroup
+			if err := mo.LoadObjectContent([]types.ObjectContent{oc}, &p); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", oc.Obj, err)
+			}
+			if p.Config.DistributedVirtualSwitch != nil && (p.Config.Uplink == nil || !*p.Config.Uplink) {
+				pgs = append(pgs, dvpg{name: p.Name, key: cmp.Or(p.Key, oc.Obj.Value), dvs: *p.Config.DistributedVirtualSwitch})
+			}
+		case oc.Obj.Type == "Network":
+			var n mo.Network
+			if err := mo.LoadObjectContent([]types.ObjectContent{oc}, &n); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", oc.Obj, err)
+			}
+			net := oc.Obj
+			out.standard = append(out.standard, namedNetwork{
+				name:    n.Name,
+				ref:     NetworkRef{NetworkName: n.Name},
+				backing: &types.VirtualEthernetCardNetworkBackingInfo{VirtualDeviceDeviceBackingInfo: types.VirtualDeviceDeviceBackingInfo{DeviceName: n.Name}, Network: &net},
+			})
+		}
+	}
+	for _, p := range pgs {
+		if uuid, ok := uuids[p.dvs]; ok {
+			out.portgroups = append(out.portgroups, namedNetwork{
+				name: p.name,
+				ref:  NetworkRef{SwitchUUID: uuid, PortgroupKey: p.key, NetworkName: p.name},
+			})
+		}
+	}
+	slices.SortFunc(out.portgroups, func(a, b namedNetwork) int { return cmp.Compare(a.name, b.name) })
+	slices.SortFunc(out.standard, func(a, b namedNetwork) int { return cmp.Compare(a.name, b.name) })
+	return out, nil
+}
+
+// AddNIC adds a network card to the VM and writes nvp.iface-id.<index> =
+// nic.IfaceID to its extraConfig (nova's attach_interface). The card is
+// connected at power-on and while running.
+//
+// Cost: 2-3 SOAP round trips (ReconfigVM_Task, task polls), plus 2 when the
+// network is found by name (the VM's resource pool, then the networks).
+// Safe for concurrent use.
+func (s *Session) AddNIC(ctx context.Context, vm Ref, nic NIC, index int) error {
+	op := fmt.Sprintf("add nic %s to vm %s", nic.MAC, vm.Value)
+	c := s.activeClient()
+	if c == nil {
+		return wrapErr(op, ErrNotLoggedIn)
+	}
+	if index < 0 {
+		return wrapErr(op, fmt.Errorf("%w: negative NIC index %d", ErrInvalidArgument, index))
+	}
+	var pool Ref
+	if nic.Network.SwitchUUID == "" || nic.Network.PortgroupKey == "" {
+		var m mo.VirtualMachine
+		if err := s.retrieveOne(ctx, c, vm, []string{"resourcePool"}, &m); err != nil {
+			return wrapVMErr(op, err)
+		}
+		pool = refFromPtr(m.ResourcePool)
+	}
+	changes, extra, err := s.nicChanges(ctx, c, pool, []NIC{nic}, index)
+	if err != nil {
+		return wrapErr(op, err)
+	}
+	if nic.IfaceID == "" {
+		extra = nil
+	}
+	spec := types.VirtualMachineConfigSpec{DeviceChange: changes, ExtraConfig: extra}
+	if err := s.reconfigure(ctx, op, vm, spec); err != nil {
+		return wrapVMErr(op, err)
+	}
+	s.logFor(ctx).Info().Str("vm", vm.Value).Str("mac", nic.MAC).Str("iface_id", nic.IfaceID).Int("index", index).Msg("added nic")
+	return nil
+}
+
+// RemoveNIC removes the VM's network card with MAC address mac (compared
+// case-insensitively) and sets nvp.iface-id.<index> to "free", as nova's
+// detach_interface does. A card that is already gone only has its
+// extraConfig entry freed.
+//
+// Cost: 3-4 SOAP round trips (RetrievePropertiesEx, ReconfigVM_Task, task
+// polls). Safe for concurrent use.
+func (s *Session) RemoveNIC(ctx context.Context, vm Ref, mac string, index int) error {
+	op := fmt.Sprintf("remove nic %s from vm %s", mac, vm.Value)
+	c := s.activeClient()
+	if c == nil {
+		return wrapErr(op, ErrNotLoggedIn)
+	}
+	if mac == "" || index < 0 {
+		return wrapErr(op, fmt.Errorf("%w: a MAC address and a non-negative index are required", ErrInvalidArgument))
+	}
+	var m mo.VirtualMachine
+	if err := s.retrieveOne(ctx, c, vm, []string{"config.hardware.device"}, &m); err != nil {
+		return wrapVMErr(op, err)
+	}
+	spec := types.VirtualMachineConfigSpec{
+		ExtraConfig: []types.BaseOptionValue{&types.OptionValue{Key: ifaceIDKey(index), Value: ifaceFree}},
+	}
+	if m.Config != nil {
+		for _, d := range m.Config.Hardware.Device {
+			if card, ok := d.(types.BaseVirtualEthernetCard); ok && strings.EqualFold(card.GetVirtualEthernetCard().MacAddress, mac) {
+				spec.DeviceChange = append(spec.DeviceChange, &types.VirtualDeviceConfigSpec{
+					Operation: types.VirtualDeviceConfigSpecOperationRemove,
+					Device:    d,
+				})
+			}
+		}
+	}
+	if err := s.reconfigure(ctx, op, vm, spec); err != nil {
+		return wrapVMErr(op, err)
+	}
+	s.logFor(ctx).Info().Str("vm", vm.Value).Str("mac", mac).Int("index", index).Int("removed", len(spec.DeviceChange)).Msg("removed nic")
+	return nil
 }
