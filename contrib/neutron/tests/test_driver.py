@@ -91,9 +91,18 @@ class DriverTest(unittest.TestCase):
         methods = [c.args[3] for c in self.d.agents.port_method.call_args_list]
         self.assertEqual(methods, ['post_update_port', 'delete_port'])
         self.assertEqual(self.d.agents.port_method.call_args.args[1:3], ('cast', 'h1'))
-        other = mock.Mock(vif_type='ovs', host='h1')
+        other = mock.Mock(vif_type='ovs', host='h1', original_vif_type='ovs')
         self.d.update_port_postcommit(other)
         self.assertEqual(self.d.agents.port_method.call_count, 2)
+
+    def test_unbinding_frees_the_port_on_the_old_host(self):
+        ctx = mock.Mock(vif_type='unbound', host='', original_vif_type='dvs',
+                        original_host='h1', original_bottom_bound_segment=SEG,
+                        current={'id': 'p1'}, original={'id': 'p1'})
+        self.d.update_port_postcommit(ctx)
+        call = self.d.agents.port_method.call_args
+        self.assertEqual(call.args[1:4], ('cast', 'h1', 'delete_port'))
+        self.assertEqual(call.kwargs['segment'], SEG)
 
 
 

@@ -152,6 +152,11 @@ class VMwareDVSMechanismDriver(mech_agent.SimpleAgentMechanismDriverBase):
         if context.vif_type == VIF_TYPE_DVS:
             self._port_rpc('post_update_port', context, context.host,
                            context.bottom_bound_segment)
+        elif context.original_vif_type == VIF_TYPE_DVS and context.original_host:
+            # Unbound (nova let the port go) or bound elsewhere (a move): the
+            # agent that held it frees its DVS port, as for a deleted port.
+            self._port_rpc('delete_port', context, context.original_host,
+                           context.original_bottom_bound_segment)
 
     def delete_port_postcommit(self, context):
         if context.vif_type == VIF_TYPE_DVS:
