@@ -4,10 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
 
+	"github.com/vcagent/vcagent/agent/cloud"
+	"github.com/vcagent/vcagent/drivers/vcenter"
 	"github.com/vcagent/vcagent/rpc"
 )
 
@@ -36,10 +39,21 @@ func (m *Manager) endpoint() rpc.Endpoint {
 	for _, name := range methods {
 		h[name] = m.notImplemented
 	}
-	h["create_volume"] = m.createVolume
-	h["delete_volume"] = m.deleteVolume
+	// the cleanable operations keep cinder's workers rows (set_workers)
+	h["create_volume"] = m.withWorker("volume", "Volume", "volumes", m.createVolume)
+	h["delete_volume"] = m.withWorker("volume", "Volume", "volumes", m.deleteVolume)
 	h["get_capabilities"] = m.getCapabilities
 	h["publish_service_capabilities"] = m.publishServiceCapabilities
+	h["extend_volume"] = m.extendVolume
+	h["initialize_connection"] = m.initializeConnection
+	h["terminate_connection"] = m.terminateConnection
+	h["remove_export"] = m.removeExport
+	h["attachment_update"] = m.attachmentUpdate
+	h["attachment_delete"] = m.attachmentDelete
+	h["copy_volume_to_image"] = m.copyVolumeToImage
+	h["accept_transfer"] = m.acceptTransfer
+	h["create_snapshot"] = m.withWorker("snapshot", "Snapshot", "snapshots", m.createSnapshot)
+	h["delete_snapshot"] = m.deleteSnapshot
 	return rpc.Endpoint{Version: RPCVersion, Methods: h}
 }
 
@@ -137,13 +151,32 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 	}
 	log := m.log.With().Str("volume_id", id).Logger()
 	m.notify(ctx, req.Context, "volume.create.start", vol, nil)
-	for _, src := range []string{"snapshot_id", "source_volid"} {
-		if vol.str(src) != "" {
-			return m.createFailed(ctx, req, vol, fmt.Sprintf("creating a volume from a %s is not implemented yet", src))
+	imageID := args.RequestSpec.str("image_id")
+	var image *cloud.Image
+	spec, err := m.volumeSpecOf(ctx, vol)
+	if err == nil {
+		snapID, srcID := vol.str("snapshot_id"), vol.str("source_volid")
+		switch {
+		case imageID != "":
+			var meta cloud.Image
+			if meta, err = m.createFromImage(ctx, req.Context, spec, imageID); err == nil {
+				image = &meta
+			}
+		case snapID != "" || srcID != "":
+			if err = m.needDriver(); err == nil {
+				err = m.createFromSource(ctx, spec, snapID, srcID)
+			}
+		case !m.cfg.LazyCreate:
+			if err = m.needDriver(); err == nil {
+				_, err = m.drv.createBacking(ctx, spec, vcenter.Ref{})
+			}
 		}
 	}
-	if args.RequestSpec.str("image_id") != "" {
-		return m.createFailed(ctx, req, vol, "creating a volume from an image is not implemented yet")
+	if err == nil && image != nil {
+		err = m.bootableFromImage(ctx, vol.str("id"), *image)
+	}
+	if err != nil {
+		return m.createFailed(ctx, req, vol, err)
 	}
 	now := utcNow()
 	res, err := m.db.ExecContext(ctx, "UPDATE volumes SET status = 'available', launched_at = ?, updated_at = ?, service_uuid = ?, shared_targets = 0 WHERE id = ? AND deleted = 0",
@@ -160,21 +193,26 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 	ts, _ := json.Marshal(now.Format(time.RFC3339Nano))
 	vol.Data["launched_at"] = ts
 	m.notify(ctx, req.Context, "volume.create.end", vol, nil)
-	log.Info().Int64("size_gb", vol.int("size")).Str("volume_host", vol.str("host")).Msg("volume created (lazily: no backing until it is attached)")
+	log.Info().Int64("size_gb", vol.int("size")).Str("volume_host", vol.str("host")).Bool("lazy", m.cfg.LazyCreate).Msg("volume created")
 	m.triggerReport()
 	return nil, nil
 }
 
 // createFailed sets the volume in error, as the create flow does when the
 // driver fails and it cannot reschedule.
-func (m *Manager) createFailed(ctx context.Context, req *rpc.Request, vol objectPrimitive, reason string) (any, error) {
-	m.log.Error().Str("volume_id", vol.str("id")).Str("reason", reason).Msg("create_volume failed")
+func (m *Manager) createFailed(ctx context.Context, req *rpc.Request, vol objectPrimitive, cause error) (any, error) {
+	m.log.Error().Str("volume_id", vol.str("id")).Err(cause).Msg("create_volume failed")
 	if _, err := m.db.ExecContext(ctx, "UPDATE volumes SET status = 'error', updated_at = ? WHERE id = ? AND deleted = 0", utcNow(), vol.str("id")); err != nil {
 		m.log.Error().Err(err).Msg("cannot set the volume's status to error")
 	}
+	m.userMessage(ctx, req.Context, "VOLUME", vol.str("id"), "008", detailUnknownError)
 	vol.Data["status"] = json.RawMessage(`"error"`)
 	m.notify(ctx, req.Context, "volume.create.error", vol, nil)
-	return nil, rpc.BuiltinError("NotImplementedError", reason)
+	var re *rpc.RemoteError
+	if errors.As(cause, &re) {
+		return nil, re
+	}
+	return nil, backendError("create volume", cause)
 }
 
 // deleteVolume is cinder's delete_volume for a volume without a backing
@@ -200,7 +238,14 @@ func (m *Manager) deleteVolume(ctx context.Context, req *rpc.Request) (any, erro
 		event = "volume.unmanage"
 	}
 	m.notify(ctx, req.Context, event+".start", vol, nil)
-	if err := m.destroyVolume(ctx, vol); err != nil {
+	var err error
+	if !args.UnmanageOnly && m.drv != nil {
+		err = m.drv.deleteVolume(ctx, id)
+	}
+	if err == nil {
+		err = m.destroyVolume(ctx, vol)
+	}
+	if err != nil {
 		log.Error().Err(err).Msg("delete_volume failed")
 		if _, uerr := m.db.ExecContext(ctx, "UPDATE volumes SET status = 'error_deleting', updated_at = ? WHERE id = ? AND deleted = 0", utcNow(), id); uerr != nil {
 			log.Error().Err(uerr).Msg("cannot set the volume's status to error_deleting")

@@ -1,7 +1,17 @@
 // Package volume is the cinder-volume role (VMware VMDK driver): it keeps
 // its row in cinder's services table alive, serves the volume RPC API 3.18
 // on cinder's exchange, and reports the backend's capabilities (the
-// vCenter datastores' capacity) to cinder-scheduler. Like the VMDK
-// driver, a volume is created lazily: it has no backing in vCenter until
-// it is first attached.
+// vCenter datastores' capacity) to cinder-scheduler.
+//
+// Volumes live on vCenter as the VMDK driver keeps them: a "backing" VM per
+// volume (volume-<id>, instance UUID and extraConfig cinder.volume.id the
+// volume id, in OpenStack/Project (<id>)/Volumes, managed by
+// org.openstack.storage). Like the driver, a blank volume is created
+// lazily by default: its backing appears at its first connection
+// (initialize_connection, attachment_update), next to the connector's
+// instance. Extend, snapshots (templates in Volumes/Snapshots), volumes
+// from snapshots, clones (full or linked), volumes from vmdk images, uploads
+// to glance (streamOptimized) and transfers work on the backings; the
+// database writes, quota, workers rows, user messages and notifications
+// are cinder-volume's own.
 package volume

@@ -14,6 +14,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/rs/zerolog"
 
+	"github.com/vcagent/vcagent/drivers/vcenter"
 	"github.com/vcagent/vcagent/rpc"
 )
 
@@ -51,6 +52,23 @@ type Config struct {
 	// none) and NotificationTopics select cinder's notifications.
 	NotificationDriver string
 	NotificationTopics []string
+
+	// The VMDK driver's [vmware] options. VolumeFolder is
+	// vmware_volume_folder ("Volumes"); LazyCreate is vmware_lazy_create
+	// (the agent's default true: a blank volume gets its backing when first
+	// attached); AdapterType is vmware_adapter_type ("lsiLogic");
+	// ImageTransferTimeout is vmware_image_transfer_timeout_secs;
+	// StorageProfiles is vmware_storage_profile (not supported yet).
+	VolumeFolder         string
+	LazyCreate           bool
+	AdapterType          string
+	ImageTransferTimeout time.Duration
+	StorageProfiles      []string
+	// Images is glance, for copy_volume_to_image (nil: not available).
+	Images ImageService
+	// ConnectorConfig is the "config" of the connection info given to
+	// os-brick connectors (vmware_host_ip, ... as the driver sends them).
+	ConnectorConfig map[string]any
 }
 
 func (c *Config) defaults() {
@@ -78,7 +96,20 @@ func (c *Config) defaults() {
 	if len(c.NotificationTopics) == 0 {
 		c.NotificationTopics = []string{"notifications"}
 	}
+	if c.VolumeFolder == "" {
+		c.VolumeFolder = "Volumes"
+	}
+	if c.AdapterType == "" {
+		c.AdapterType = "lsiLogic"
+	}
+	if c.ImageTransferTimeout <= 0 {
+		c.ImageTransferTimeout = 7200 * time.Second
+	}
 }
+
+// ImageCacheFolder is the datastore folder where the volume role keeps
+// the images it made volumes from (one copy per image and datastore).
+const ImageCacheFolder = "cinder_image_cache"
 
 // Manager is the cinder-volume role.
 type Manager struct {
@@ -87,6 +118,8 @@ type Manager struct {
 	tr          *rpc.Transport
 	db          *sql.DB
 	inv         Inventory
+	drv         *vmdkDriver // nil without a vCenter session
+	images      imageDisks  // the role's image cache on the datastores
 	svc         *serviceRow
 	schedFanout rpc.Client // update_service_capabilities (3.3)
 	sched       rpc.Client // notify_service_capabilities (3.5)
@@ -96,6 +129,7 @@ type Manager struct {
 
 	mu         sync.Mutex
 	registered bool
+	serviceID  int64 // the services row's id, once registered
 	lastCaps   map[string]any
 	reportNow  chan struct{}
 }
@@ -132,6 +166,14 @@ func NewManager(cfg Config, tr *rpc.Transport, inv Inventory, onConsuming func(b
 		log:         log,
 		onConsuming: onConsuming,
 		reportNow:   make(chan struct{}, 1),
+	}
+	if vc, ok := inv.(VCenter); ok {
+		m.drv = newVMDKDriver(vc, cfg.Clusters, cfg.DatastoreRegex, cfg.VolumeFolder, log)
+	}
+	if s, ok := inv.(*vcenter.Session); ok {
+		if ic, err := vcenter.NewImageCache(s, ImageCacheFolder); err == nil {
+			m.images = ic
+		}
 	}
 	switch cfg.NotificationDriver {
 	case "messaging", "messagingv2":
@@ -250,6 +292,7 @@ func (m *Manager) beat(ctx context.Context) error {
 	m.mu.Lock()
 	first := !m.registered
 	m.registered = true
+	m.serviceID = m.svc.id
 	m.mu.Unlock()
 	m.log.Info().Int64("service_id", m.svc.id).Str("service_uuid", m.svc.uuid).Str("availability_zone", m.cfg.AvailabilityZone).
 		Msg("registered the cinder-volume service")
@@ -299,7 +342,13 @@ func (m *Manager) runCapabilityReports(ctx context.Context) {
 func (m *Manager) currentCapabilities(ctx context.Context) map[string]any {
 	var capa *Capacity
 	if m.inv != nil {
-		clusters, err := m.inv.Clusters(ctx, m.cfg.Clusters...)
+		var clusters []vcenter.Cluster
+		var err error
+		if m.drv != nil {
+			clusters, err = m.drv.inventory(ctx, false) // shared with placement, at most 20 s old
+		} else {
+			clusters, err = m.inv.Clusters(ctx, m.cfg.Clusters...)
+		}
 		if err != nil {
 			m.log.Warn().Err(err).Msg("cannot read the datastores' capacity: reporting it unknown")
 		} else {
