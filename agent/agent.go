@@ -5,12 +5,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"net/url"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/vcagent/vcagent/agent/cloud"
 	"github.com/vcagent/vcagent/agent/compute"
+	"github.com/vcagent/vcagent/agent/network"
 	"github.com/vcagent/vcagent/agent/ops"
 	"github.com/vcagent/vcagent/agent/volume"
 	"github.com/vcagent/vcagent/drivers/vcenter"
@@ -105,6 +107,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.cfg.HasRole("network") {
+		roles = append(roles, a.networkRole(tr, vc, o))
+	}
 	if !a.cfg.HasRole("compute") {
 		return a.runRoles(ctx, roles)
 	}
@@ -124,6 +129,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		} else {
 			deps.Images = glance
 		}
+		if neutron, err := cloud.NewNeutron(sess); err != nil {
+			a.log.Warn().Err(err).Msg("neutron is not configured: servers can only be built without networks")
+		} else {
+			deps.Network = neutron
+		}
+		if cinder, err := cloud.NewCinder(sess, cloud.CinderConfig{
+			EndpointTemplate: a.cfg.CinderEndpoint, CatalogInfo: a.cfg.CinderCatalogInfo, RegionName: a.cfg.RegionName,
+		}); err != nil {
+			a.log.Warn().Err(err).Msg("cinder is not configured: volumes cannot be attached")
+		} else {
+			deps.Volumes = cinder
+		}
 	}
 	prefix := a.cfg.CachePrefix
 	if prefix == "" {
@@ -141,6 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mgr, err := compute.NewManager(compute.Config{
 		Host:                  a.cfg.Host,
 		HostIP:                a.cfg.MyIP,
+		VCenterHost:           vcHostname(vcCfg.URL),
 		Exchange:              a.cfg.ControlExchange,
 		Clusters:              a.cfg.Clusters,
 		DatastoreRegex:        a.cfg.dsRegex,
@@ -160,8 +178,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			ReservedHostDiskMB:         a.cfg.ReservedHostDiskMB,
 			ReservedHostCPUs:           a.cfg.ReservedHostCPUs,
 		},
-		RPCObserver:         o.ServerObserver(),
-		MaxConcurrentBuilds: a.cfg.MaxConcurrentBuilds,
+		RPCObserver:                   o.ServerObserver(),
+		MaxConcurrentBuilds:           a.cfg.MaxConcurrentBuilds,
+		HealInstanceInfoCacheInterval: a.cfg.HealInstanceInfoCacheInterval,
+		Periodic:                      a.cfg.periodicConfig(),
 		Notifications: compute.NotificationConfig{
 			Driver:          a.cfg.NotificationDriver,
 			Format:          a.cfg.NotificationFormat,
@@ -173,6 +193,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	mgr.SetConsoleConfig(compute.ConsoleConfig{
+		VNCEnabled: a.cfg.VNCEnabled, NoVNCProxyBaseURL: a.cfg.NoVNCProxyBaseURL,
+		VNCPort: a.cfg.VNCPort, VNCPortTotal: a.cfg.VNCPortTotal, VNCKeymap: a.cfg.VNCKeymap,
+		MKSEnabled: a.cfg.MKSEnabled, MKSProxyBaseURL: a.cfg.MKSProxyBaseURL,
+		SpiceEnabled: a.cfg.SpiceEnabled, RDPEnabled: a.cfg.RDPEnabled, SerialEnabled: a.cfg.SerialEnabled,
+		TokenTTL: a.cfg.ConsoleTokenTTL, SerialLogDir: a.cfg.SerialLogDir,
+	})
 	o.GaugeFunc("vcagent_vcenter_tasks_in_flight", "vCenter tasks started by the agent and not yet ended (bounded by VCAGENT_VCENTER_MAX_TASKS).",
 		func() float64 { return float64(vc.TasksInFlight()) })
 	o.GaugeFunc("vcagent_compute_builds_queued", "Builds waiting for a slot (VCAGENT_MAX_CONCURRENT_BUILDS).", mgr.BuildsQueued)
@@ -195,6 +222,7 @@ func (a *Agent) cloudSession(ctx context.Context) (*cloud.Session, error) {
 		Token:             a.cfg.AuthToken,
 		PlacementEndpoint: a.cfg.PlacementEndpoint,
 		GlanceEndpoint:    a.cfg.GlanceEndpoint,
+		NeutronEndpoint:   a.cfg.NeutronEndpoint,
 	}, a.log)
 	if err != nil {
 		return nil, fmt.Errorf("OpenStack authentication: %w", err)
@@ -284,14 +312,102 @@ func (a *Agent) volumeRole(tr *rpc.Transport, vc *vcenter.Session, o *ops.Ops, r
 		DatabaseDSN:        a.cfg.volumeDSN,
 		ReportInterval:     a.cfg.ReportInterval,
 		Clusters:           clusters,
-		DatastoreRegex:     a.cfg.dsRegex,
+		DatastoreRegex:     a.cfg.volumeDSRegex,
 		DrainTimeout:       a.cfg.ShutdownTimeout,
 		RPCObserver:        o.ServerObserver(),
 		NotificationDriver: a.cfg.NotificationDriver,
 		NotificationTopics: a.cfg.NotificationTopics,
+
+		VolumeFolder:         a.cfg.VolumeFolder,
+		LazyCreate:           a.cfg.VolumeLazyCreate,
+		AdapterType:          a.cfg.VolumeAdapterType,
+		ImageTransferTimeout: a.cfg.VolumeImageTransferTimeout,
+		StorageProfiles:      a.cfg.VolumeStorageProfiles,
+		ConnectorConfig:      vmdkConnectorConfig(a.cfg, a.cfg.VolumeImageTransferTimeout),
+		Images:               a.volumeImages(),
 	}, tr, vc, func(on bool) { o.SetReady("volume_rpc", on, "volume RPC server not consuming") }, a.log)
 	if err != nil {
 		return nil, err
 	}
 	return append(roles, role{"volume", vm.Run}), nil
+}
+
+// volumeImages is glance for the volume role (copy_volume_to_image), nil
+// when no endpoint is configured.
+func (a *Agent) volumeImages() volume.ImageService {
+	if a.cfg.AuthToken == "" && a.cfg.AuthURL == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sess, err := a.cloudSession(ctx)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("volume role: no glance: volumes cannot be uploaded to images")
+		return nil
+	}
+	g, err := cloud.NewGlance(sess)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("volume role: no glance: volumes cannot be uploaded to images")
+		return nil
+	}
+	return g
+}
+
+// vmdkConnectorConfig is the "config" the VMDK driver puts into the
+// connection info of os-brick connectors: the vCenter connection, password
+// included, as cinder does.
+func vmdkConnectorConfig(cfg Config, timeout time.Duration) map[string]any {
+	host, port := "", 443
+	if u, err := url.Parse(cfg.VCenterURL); err == nil && u.Host != "" {
+		host = u.Hostname()
+		if u.Port() != "" {
+			_, _ = fmt.Sscan(u.Port(), &port)
+		}
+	}
+	var ca any
+	if cfg.VCenterCAFile != "" {
+		ca = cfg.VCenterCAFile
+	}
+	return map[string]any{
+		"vmware_host_ip": host, "vmware_host_port": port, "vmware_host_username": cfg.VCenterUser,
+		"vmware_host_password": cfg.VCenterPassword, "vmware_api_retry_count": 10, "vmware_task_poll_interval": 2.0,
+		"vmware_ca_file": ca, "vmware_insecure": cfg.VCenterInsecure, "vmware_tmp_dir": "/tmp",
+		"vmware_image_transfer_timeout_secs": int(timeout / time.Second),
+	}
+}
+
+// networkRole adds the neutron DVS agent role, on the shared bus and
+// vCenter session.
+func (a *Agent) networkRole(tr *rpc.Transport, vc *vcenter.Session, o *ops.Ops) role {
+	o.SetReady("network_rpc", false, "network RPC servers not consuming")
+	vcHost := "embedded-simulator"
+	if u, err := url.Parse(a.cfg.VCenterURL); err == nil && u.Host != "" {
+		vcHost = u.Hostname()
+	}
+	na, err := network.New(network.Config{
+		Host:            a.cfg.Host,
+		Exchange:        a.cfg.NetworkExchange,
+		BridgeMappings:  a.cfg.bridgeMappings,
+		ReportInterval:  a.cfg.NetworkReportInterval,
+		PollingInterval: a.cfg.NetworkPollingInterval,
+		SecurityGroups:  a.cfg.NetworkSecurityGroups,
+		PortgroupPorts:  a.cfg.NetworkPortgroupPorts,
+		VCenterHost:     vcHost,
+		RPCTimeout:      a.cfg.rpcOpts.ResponseTimeout,
+		DrainTimeout:    a.cfg.ShutdownTimeout,
+		RPCObserver:     o.ServerObserver(),
+	}, tr, vc, func(on bool) { o.SetReady("network_rpc", on, "network RPC servers not consuming") }, a.log)
+	if err != nil {
+		// the configuration was checked: only a programming error gets here
+		return role{"network", func(context.Context) error { return err }}
+	}
+	return role{"network", na.Run}
+}
+
+// vcHostname is the vCenter's address, nova's [vmware] host_ip.
+func vcHostname(vcURL string) string {
+	if u, err := url.Parse(vcURL); err == nil {
+		return u.Hostname()
+	}
+	return ""
 }

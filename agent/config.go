@@ -65,6 +65,11 @@ type Config struct {
 	PlacementEndpoint     string `envconfig:"PLACEMENT_ENDPOINT" conf:"placement.endpoint_override,placement.endpoint" secret:"url" desc:"placement URL, instead of the catalog's"`
 	GlanceEndpoint        string `envconfig:"GLANCE_ENDPOINT" conf:"glance.endpoint_override" secret:"url" desc:"glance URL, instead of the catalog's"`
 	NeutronEndpoint       string `envconfig:"NEUTRON_ENDPOINT" conf:"neutron.endpoint_override" secret:"url" desc:"neutron URL, instead of the catalog's"`
+	CinderEndpoint        string `envconfig:"CINDER_ENDPOINT" conf:"cinder.endpoint_template" secret:"url" desc:"cinder URL template for the compute role's volume attachments, %(project_id)s replaced by the request's project (nova's endpoint_template); empty: the request's service catalog"`
+	CinderCatalogInfo     string `envconfig:"CINDER_CATALOG_INFO" conf:"cinder.catalog_info" default:"volumev3::publicURL" desc:"cinder's catalog entry, <service_type>:<service_name>:<interface>, used without VCAGENT_CINDER_ENDPOINT"`
+
+	// The network info cache heal (nova's _heal_instance_info_cache).
+	HealInstanceInfoCacheInterval time.Duration `envconfig:"HEAL_INSTANCE_INFO_CACHE_INTERVAL" conf:"DEFAULT.heal_instance_info_cache_interval" default:"60s" desc:"how often one instance's network info cache is rebuilt from neutron (in a file: seconds); 0 or less: never"`
 
 	CachePrefix                string        `envconfig:"CACHE_PREFIX" conf:"vmware.cache_prefix" desc:"image cache folder <prefix>_base on each datastore; default: my_ip, else the host name"`
 	MyIP                       string        `envconfig:"MY_IP" conf:"DEFAULT.my_ip" desc:"IP address reported as the compute nodes' host_ip"`
@@ -84,6 +89,14 @@ type Config struct {
 	VolumeBackend     string `envconfig:"VOLUME_BACKEND" default:"vmware" desc:"volume role: the cinder backend served, <host>@<backend> (from the files: the first enabled_backends section whose volume_driver is the VMDK driver)"`
 	VolumeDatabaseURL string `envconfig:"VOLUME_DATABASE_URL" conf:"database.connection" secret:"url" desc:"volume role: cinder's database, as oslo.db's connection (mysql+pymysql://user:pass@host/cinder?charset=utf8, ?unix_socket=PATH) or a go-sql-driver DSN"`
 	VolumeExchange    string `envconfig:"VOLUME_EXCHANGE" default:"openstack" desc:"volume role: cinder's control exchange"`
+	// The VMDK driver's [vmware] options; from the files: the backend
+	// section's vmware_* options.
+	VolumeFolder               string        `envconfig:"VOLUME_FOLDER" default:"Volumes" desc:"volume role: folder of the volume backings below OpenStack/Project (<id>)/ (vmware_volume_folder)"`
+	VolumeLazyCreate           bool          `envconfig:"VOLUME_LAZY_CREATE" default:"true" desc:"volume role: create a blank volume's backing only when it is first attached (vmware_lazy_create)"`
+	VolumeAdapterType          string        `envconfig:"VOLUME_ADAPTER_TYPE" default:"lsiLogic" desc:"volume role: disk adapter of new backings, lsiLogic, busLogic, lsiLogicsas, paraVirtual or ide (vmware_adapter_type)"`
+	VolumeImageTransferTimeout time.Duration `envconfig:"VOLUME_IMAGE_TRANSFER_TIMEOUT" default:"7200s" desc:"volume role: timeout of image transfers to and from glance (vmware_image_transfer_timeout_secs; in a file: seconds)"`
+	VolumeStorageProfiles      []string      `envconfig:"VOLUME_STORAGE_PROFILE" desc:"volume role: storage policies whose datastores the backend uses (vmware_storage_profile); not supported yet: must be empty"`
+	VolumeDatastoreRegex       string        `envconfig:"VOLUME_DATASTORE_REGEX" desc:"volume role: datastores for backings (vmware_datastore_regex); empty: VCAGENT_DATASTORE_REGEX"`
 
 	NetworkBridgeMappings  []string      `envconfig:"NETWORK_BRIDGE_MAPPINGS" conf:"ML2_VMWARE.network_maps" default:"physnet1:DVS0" desc:"network role: comma-separated physical network to DVS name mappings, physnet:dvs"`
 	NetworkExchange        string        `envconfig:"NETWORK_EXCHANGE" default:"neutron" desc:"network role: neutron's control exchange"`
@@ -108,10 +121,37 @@ type Config struct {
 	MaxConcurrentBuilds int `envconfig:"MAX_CONCURRENT_BUILDS" conf:"DEFAULT.max_concurrent_builds" default:"10" desc:"builds run at once, the others wait; 0: unlimited"`
 	VCenterMaxTasks     int `envconfig:"VCENTER_MAX_TASKS" default:"16" desc:"vCenter tasks (create, power, copy...) the agent runs at once; more wait for a slot, so a burst never floods vCenter"`
 
+	// nova-compute's periodic tasks (compute.PeriodicConfig). In a file,
+	// durations are integer seconds, as nova.conf has them.
+	PeriodicInterval                   time.Duration `envconfig:"PERIODIC_INTERVAL" default:"60s" desc:"period of nova's periodic tasks that have no interval of their own (reclaim, resize confirmation, usage audit) and of those whose interval is 0 (oslo.service's 60 s)"`
+	ImageCacheManagerInterval          time.Duration `envconfig:"IMAGE_CACHE_MANAGER_INTERVAL" conf:"image_cache.manager_interval,DEFAULT.image_cache_manager_interval" default:"2400s" desc:"image cache ageing pass interval (in a file: seconds); 0: every VCAGENT_PERIODIC_INTERVAL, -1s (in a file -1): off"`
+	RemoveUnusedBaseImages             bool          `envconfig:"REMOVE_UNUSED_BASE_IMAGES" conf:"image_cache.remove_unused_base_images,DEFAULT.remove_unused_base_images" default:"true" desc:"age cached images no instance of this host uses: timestamp them, then remove them"`
+	RemoveUnusedOriginalMinimumAge     time.Duration `envconfig:"REMOVE_UNUSED_ORIGINAL_MINIMUM_AGE" conf:"image_cache.remove_unused_original_minimum_age_seconds,DEFAULT.remove_unused_original_minimum_age_seconds" default:"86400s" desc:"how long a cached image stays unused before it is removed (in a file: seconds)"`
+	ReclaimInstanceInterval            time.Duration `envconfig:"RECLAIM_INSTANCE_INTERVAL" conf:"DEFAULT.reclaim_instance_interval" default:"0s" desc:"soft-deleted instances older than this are deleted (in a file: seconds); 0: off"`
+	RunningDeletedInstanceAction       string        `envconfig:"RUNNING_DELETED_INSTANCE_ACTION" conf:"DEFAULT.running_deleted_instance_action" default:"reap" desc:"what to do with VMs of deleted instances: reap (power off and destroy), log, shutdown (power off) or noop"`
+	RunningDeletedInstancePollInterval time.Duration `envconfig:"RUNNING_DELETED_INSTANCE_POLL_INTERVAL" conf:"DEFAULT.running_deleted_instance_poll_interval" default:"1800s" desc:"interval of the check for VMs of deleted instances (in a file: seconds); 0: every VCAGENT_PERIODIC_INTERVAL, negative: off"`
+	RunningDeletedInstanceTimeout      time.Duration `envconfig:"RUNNING_DELETED_INSTANCE_TIMEOUT" conf:"DEFAULT.running_deleted_instance_timeout" default:"0s" desc:"how long an instance is deleted before its VM is acted on (in a file: seconds)"`
+	ResizeConfirmWindow                time.Duration `envconfig:"RESIZE_CONFIRM_WINDOW" conf:"DEFAULT.resize_confirm_window" default:"0s" desc:"resizes unconfirmed for longer are confirmed (in a file: seconds); 0: off"`
+	InstanceUsageAudit                 bool          `envconfig:"INSTANCE_USAGE_AUDIT" conf:"DEFAULT.instance_usage_audit" default:"false" desc:"audit instance usage every period: task_log rows and compute.instance.exists notifications"`
+	InstanceUsageAuditPeriod           string        `envconfig:"INSTANCE_USAGE_AUDIT_PERIOD" conf:"DEFAULT.instance_usage_audit_period" default:"month" desc:"usage audit period: hour, day, month or year, optionally @offset (month@15)"`
+
 	NotificationDriver          string   `envconfig:"NOTIFICATION_DRIVER" conf:"oslo_messaging_notifications.driver" desc:"messagingv2 or messaging sends notifications on the bus; empty or noop sends none (nova's default)"`
 	NotificationFormat          string   `envconfig:"NOTIFICATION_FORMAT" conf:"notifications.notification_format" default:"unversioned" desc:"unversioned, versioned or both"`
 	NotificationTopics          []string `envconfig:"NOTIFICATION_TOPICS" conf:"oslo_messaging_notifications.topics" default:"notifications" desc:"topics of the unversioned (legacy) notifications"`
 	VersionedNotificationTopics []string `envconfig:"VERSIONED_NOTIFICATION_TOPICS" conf:"notifications.versioned_notifications_topics" default:"versioned_notifications" desc:"topics of the versioned notifications"`
+
+	VNCEnabled        bool   `envconfig:"VNC_ENABLED" conf:"vnc.enabled" default:"true" desc:"VNC consoles: a VNC port is given to each VM at spawn"`
+	NoVNCProxyBaseURL string `envconfig:"NOVNCPROXY_BASE_URL" conf:"vnc.novncproxy_base_url" default:"http://127.0.0.1:6080/vnc_auto.html" desc:"base URL of the noVNC console proxy"`
+	VNCPort           int    `envconfig:"VNC_PORT" conf:"vmware.vnc_port" default:"5900" desc:"first VNC port of the VMs"`
+	VNCPortTotal      int    `envconfig:"VNC_PORT_TOTAL" conf:"vmware.vnc_port_total" default:"10000" desc:"number of VNC ports"`
+	VNCKeymap         string `envconfig:"VNC_KEYMAP" conf:"vmware.vnc_keymap" default:"en-us" desc:"VNC keymap of the VMs"`
+	MKSEnabled        bool   `envconfig:"MKS_ENABLED" conf:"mks.enabled" default:"false" desc:"MKS (WebMKS) consoles"`
+	MKSProxyBaseURL   string `envconfig:"MKSPROXY_BASE_URL" conf:"mks.mksproxy_base_url" default:"http://127.0.0.1:6090/" desc:"base URL of the MKS console proxy"`
+	SpiceEnabled      bool   `envconfig:"SPICE_ENABLED" conf:"spice.enabled" default:"false" desc:"SPICE consoles (the VMware driver has none: requests get nova's answer)"`
+	RDPEnabled        bool   `envconfig:"RDP_ENABLED" conf:"rdp.enabled" default:"false" desc:"RDP consoles (the VMware driver has none)"`
+	SerialEnabled     bool   `envconfig:"SERIAL_CONSOLE_ENABLED" conf:"serial_console.enabled" default:"false" desc:"serial consoles (the VMware driver has none)"`
+	ConsoleTokenTTL   int    `envconfig:"CONSOLE_TOKEN_TTL" conf:"consoleauth.token_ttl" default:"600" desc:"console token lifetime, seconds"`
+	SerialLogDir      string `envconfig:"SERIAL_LOG_DIR" conf:"vmware.serial_log_dir" default:"/opt/vmware/vspc" desc:"where a VSPC writes the VMs' serial logs (get_console_output)"`
 
 	// Derived by Load: parsed forms of the values above.
 	transport rpc.TransportURL
@@ -120,10 +160,14 @@ type Config struct {
 	level     zerolog.Level
 	roles     map[string]bool
 	volumeDSN string // VolumeDatabaseURL as a go-sql-driver DSN
+	// bridgeMappings is NetworkBridgeMappings parsed: physnet → DVS name.
+	bridgeMappings map[string]string
 	// volumeBackendName and volumeClusters are the backend section's
 	// volume_backend_name and vmware_cluster_name.
 	volumeBackendName string
 	volumeClusters    []string
+	volumeDSRegex     *regexp.Regexp // VolumeDatastoreRegex, else dsRegex
+	badVolumeOption   string         // a bad vmware_* option of the backend section
 
 	// Recorded by Load: where each setting came from (by env name), the
 	// bus options the files set, the file options no role uses yet, and
@@ -186,6 +230,15 @@ func (c *Config) finish() error {
 	}
 	if c.ControlExchange == "" {
 		return bad("CONTROL_EXCHANGE", "must not be empty")
+	}
+	if c.VNCPort < 1 || c.VNCPort > 65535 {
+		return bad("VNC_PORT", "%d is not a TCP port", c.VNCPort)
+	}
+	if c.VNCPortTotal < 1 || c.VNCPort+c.VNCPortTotal-1 > 65535 {
+		return bad("VNC_PORT_TOTAL", "%d ports from %d do not fit in 1-65535", c.VNCPortTotal, c.VNCPort)
+	}
+	if c.ConsoleTokenTTL < 1 {
+		return bad("CONSOLE_TOKEN_TTL", "must be positive")
 	}
 	if err := c.finishRoles(); err != nil {
 		return err
@@ -250,6 +303,9 @@ func (c *Config) finish() error {
 	if c.VCenterMaxTasks < 1 {
 		return bad("VCENTER_MAX_TASKS", "must be positive, got %d", c.VCenterMaxTasks)
 	}
+	if err := c.finishPeriodic(); err != nil {
+		return err
+	}
 	switch c.NotificationDriver {
 	case "", "noop", "log", "messaging", "messagingv2":
 	default:
@@ -286,7 +342,9 @@ func (c *Config) finishRoles() error {
 		return bad("ROLES", "no role: compute, volume or network")
 	}
 	if c.roles["network"] {
-		return bad("ROLES", "the network role is not implemented yet")
+		if err := c.finishNetwork(); err != nil {
+			return err
+		}
 	}
 	if c.sources["VOLUME_BACKEND"] == "default" && len(c.pending.VolumeBackends) > 0 {
 		c.VolumeBackend = c.pending.VolumeBackends[0].Section
@@ -295,6 +353,7 @@ func (c *Config) finishRoles() error {
 	for _, b := range c.pending.VolumeBackends {
 		if b.Section == c.VolumeBackend {
 			c.volumeBackendName, c.volumeClusters = b.BackendName, b.VMware["vmware_cluster_name"]
+			c.volumeDriverOptions(b)
 		}
 	}
 	if !c.roles["volume"] {
@@ -312,6 +371,78 @@ func (c *Config) finishRoles() error {
 	var err error
 	if c.volumeDSN, err = volume.DatabaseDSN(c.VolumeDatabaseURL); err != nil {
 		return bad("VOLUME_DATABASE_URL", "%v", err)
+	}
+	return c.finishVolumeDriver()
+}
+
+// volumeDriverOptions takes the backend section's vmware_* driver options
+// for the settings no variable set.
+func (c *Config) volumeDriverOptions(b VolumeBackend) {
+	from := func(env, key string, set func(string)) {
+		if v := b.VMware[key]; len(v) > 0 && c.sources[env] == "default" {
+			set(v[len(v)-1])
+			c.sources[env] = "file: [" + b.Section + "] " + key
+		}
+	}
+	from("VOLUME_FOLDER", "vmware_volume_folder", func(v string) { c.VolumeFolder = v })
+	from("VOLUME_ADAPTER_TYPE", "vmware_adapter_type", func(v string) { c.VolumeAdapterType = v })
+	from("VOLUME_DATASTORE_REGEX", "vmware_datastore_regex", func(v string) { c.VolumeDatastoreRegex = v })
+	from("VOLUME_LAZY_CREATE", "vmware_lazy_create", func(v string) {
+		// oslo.config's BoolOpt words
+		on, err := false, error(nil)
+		switch strings.ToLower(strings.TrimSpace(v)) {
+		case "true", "1", "on", "yes":
+			on = true
+		case "false", "0", "off", "no":
+		default:
+			err = strconv.ErrSyntax
+		}
+		if err != nil {
+			c.badVolumeOption = fmt.Sprintf("[%s] vmware_lazy_create: %q is not a boolean", b.Section, v)
+			return
+		}
+		c.VolumeLazyCreate = on
+	})
+	from("VOLUME_IMAGE_TRANSFER_TIMEOUT", "vmware_image_transfer_timeout_secs", func(v string) {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n <= 0 {
+			c.badVolumeOption = fmt.Sprintf("[%s] vmware_image_transfer_timeout_secs: %q is not a positive integer", b.Section, v)
+			return
+		}
+		c.VolumeImageTransferTimeout = time.Duration(n) * time.Second
+	})
+	if v := b.VMware["vmware_storage_profile"]; len(v) > 0 && c.sources["VOLUME_STORAGE_PROFILE"] == "default" {
+		c.VolumeStorageProfiles = v
+		c.sources["VOLUME_STORAGE_PROFILE"] = "file: [" + b.Section + "] vmware_storage_profile"
+	}
+}
+
+// finishVolumeDriver checks the VMDK driver's settings.
+func (c *Config) finishVolumeDriver() error {
+	if c.badVolumeOption != "" {
+		return fmt.Errorf("%w: %s", ErrConfig, c.badVolumeOption)
+	}
+	if c.VolumeFolder == "" || strings.Contains(c.VolumeFolder, "/") {
+		return bad("VOLUME_FOLDER", "%q is not a folder name (not empty, no /)", c.VolumeFolder)
+	}
+	switch c.VolumeAdapterType {
+	case "lsiLogic", "busLogic", "lsiLogicsas", "paraVirtual", "ide":
+	default:
+		return bad("VOLUME_ADAPTER_TYPE", "%q: lsiLogic, busLogic, lsiLogicsas, paraVirtual or ide", c.VolumeAdapterType)
+	}
+	if c.VolumeImageTransferTimeout <= 0 {
+		return bad("VOLUME_IMAGE_TRANSFER_TIMEOUT", "must be positive")
+	}
+	if len(c.VolumeStorageProfiles) > 0 {
+		return bad("VOLUME_STORAGE_PROFILE", "storage policies are not supported yet (%v)", c.VolumeStorageProfiles)
+	}
+	c.volumeDSRegex = c.dsRegex
+	if c.VolumeDatastoreRegex != "" {
+		re, err := regexp.Compile(c.VolumeDatastoreRegex)
+		if err != nil {
+			return bad("VOLUME_DATASTORE_REGEX", "%v", err)
+		}
+		c.volumeDSRegex = re
 	}
 	return nil
 }
@@ -500,3 +631,38 @@ func (c Config) Unused() []UnusedOption { return c.unusedOpts }
 // Pending returns the cinder-volume and neutron agent options the files
 // carry, which no role uses yet.
 func (c Config) Pending() PendingOptions { return c.pending }
+
+// finishNetwork checks the network role's settings.
+func (c *Config) finishNetwork() error {
+	c.bridgeMappings = map[string]string{}
+	for _, m := range c.NetworkBridgeMappings {
+		if m = strings.TrimSpace(m); m == "" {
+			continue
+		}
+		physnet, dvs, ok := strings.Cut(m, ":")
+		physnet, dvs = strings.TrimSpace(physnet), strings.TrimSpace(dvs)
+		if !ok || physnet == "" || dvs == "" {
+			return bad("NETWORK_BRIDGE_MAPPINGS", "%q is not physnet:dvs", m)
+		}
+		if _, dup := c.bridgeMappings[physnet]; dup {
+			return bad("NETWORK_BRIDGE_MAPPINGS", "physical network %q is mapped twice", physnet)
+		}
+		c.bridgeMappings[physnet] = dvs
+	}
+	if len(c.bridgeMappings) == 0 {
+		return bad("NETWORK_BRIDGE_MAPPINGS", "required by the network role: physnet:dvs,...")
+	}
+	if c.NetworkExchange == "" {
+		return bad("NETWORK_EXCHANGE", "must not be empty")
+	}
+	if c.NetworkReportInterval <= 0 {
+		return bad("NETWORK_REPORT_INTERVAL", "must be positive")
+	}
+	if c.NetworkPollingInterval <= 0 {
+		return bad("NETWORK_POLLING_INTERVAL", "must be positive")
+	}
+	if c.NetworkPortgroupPorts < 1 || c.NetworkPortgroupPorts > 8192 {
+		return bad("NETWORK_PORTGROUP_PORTS", "%d is not between 1 and 8192", c.NetworkPortgroupPorts)
+	}
+	return nil
+}

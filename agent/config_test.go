@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,16 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"VCAGENT_VCENTER_INSECURE", "maybe"},
 		{"VCAGENT_CLUSTERS", "a,,b"},
 		{"VCAGENT_SIM_CLUSTERS", "0"},
+		{"VCAGENT_PERIODIC_INTERVAL", "0s"},
+		{"VCAGENT_IMAGE_CACHE_MANAGER_INTERVAL", "-2s"},
+		{"VCAGENT_REMOVE_UNUSED_BASE_IMAGES", "sometimes"},
+		{"VCAGENT_REMOVE_UNUSED_ORIGINAL_MINIMUM_AGE", "-1s"},
+		{"VCAGENT_RECLAIM_INSTANCE_INTERVAL", "soon"},
+		{"VCAGENT_RUNNING_DELETED_INSTANCE_ACTION", "delete"},
+		{"VCAGENT_RUNNING_DELETED_INSTANCE_TIMEOUT", "-5s"},
+		{"VCAGENT_RESIZE_CONFIRM_WINDOW", "-1s"},
+		{"VCAGENT_INSTANCE_USAGE_AUDIT", "monthly"},
+		{"VCAGENT_INSTANCE_USAGE_AUDIT_PERIOD", "week"},
 	}
 	setEnv(t, nil)
 	for _, tc := range tests {
@@ -57,6 +68,30 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 					t.Fatalf("error %v, want %q", err, want)
 				}
 			})
+		}
+	})
+	t.Run("network role settings", func(t *testing.T) {
+		t.Setenv("VCAGENT_ROLES", "compute,network")
+		for name, value := range map[string]string{
+			"VCAGENT_NETWORK_BRIDGE_MAPPINGS":  "physnet1",
+			"VCAGENT_NETWORK_POLLING_INTERVAL": "0s",
+			"VCAGENT_NETWORK_PORTGROUP_PORTS":  "0",
+			"VCAGENT_NETWORK_EXCHANGE":         "",
+		} {
+			t.Run(name, func(t *testing.T) {
+				t.Setenv(name, value)
+				if _, err := LoadConfig(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), name) {
+					t.Fatalf("%s=%q: error %v does not name it", name, value, err)
+				}
+			})
+		}
+		t.Setenv("VCAGENT_NETWORK_BRIDGE_MAPPINGS", "physnet1:DVS0, physnet2:DVS1")
+		c, err := LoadConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]string{"physnet1": "DVS0", "physnet2": "DVS1"}; !maps.Equal(c.bridgeMappings, want) || !c.HasRole("network") {
+			t.Errorf("bridge mappings %v, want %v", c.bridgeMappings, want)
 		}
 	})
 	t.Run("vCenter user required", func(t *testing.T) {

@@ -56,6 +56,7 @@ func computeAgentEnv(ctrl *cp.ControlPlane, host string) []string {
 		"VCAGENT_AUTH_TOKEN=" + ctrl.Token,
 		"VCAGENT_PLACEMENT_ENDPOINT=" + ctrl.PlacementURL,
 		"VCAGENT_GLANCE_ENDPOINT=" + ctrl.GlanceURL,
+		"VCAGENT_NEUTRON_ENDPOINT=" + ctrl.NeutronURL,
 		fmt.Sprintf("VCAGENT_REPORT_INTERVAL=%ds", max(ctrl.ReportInterval, 1)),
 	}
 }

@@ -20,8 +20,8 @@ import (
 // compute API through the real nova-api onto the agent: a noVNC console URL
 // (the VM gets its VNC port in vCenter), the wrong console type as nova-api
 // shows it with nova's error notifications (checked with nova's own payload
-// classes), WebMKS and serial consoles ([mks] and [serial_console] are off,
-// nova's defaults), the console output, the 2.48 diagnostics from the VM's
+// classes), SPICE and serial consoles ([spice] and [serial_console] are off,
+// nova's defaults), VNC and MKS URLs from the openstack CLI, the console output, the 2.48 diagnostics from the VM's
 // quick stats, external events (vif-plugged and network-changed change
 // nothing; volume-extended for an unattached volume succeeds; power-update
 // fails in the driver as with nova's VMware driver), the service's
@@ -29,12 +29,36 @@ import (
 // stopped server (409).
 func TestConsolesDiagnosticsAndEventsThroughNovaAPI(t *testing.T) {
 	ctrl, vc, host, image := computeHostWithImage(t, "vcagent-con-",
-		"VCAGENT_NOTIFICATION_DRIVER=messagingv2", "VCAGENT_NOTIFICATION_FORMAT=both")
+		"VCAGENT_NOTIFICATION_DRIVER=messagingv2", "VCAGENT_NOTIFICATION_FORMAT=both",
+		"VCAGENT_MKS_ENABLED=true", "VCAGENT_MKSPROXY_BASE_URL=http://127.0.0.1:6091/", "VCAGENT_VNC_PORT=5950")
 	listener := startPeer(t, []string{"pypeer/nova_notifications.py", "--url", ctrl.TransportURL, "--pool", "vcagent-" + host})
 	ctx := context.Background()
 	id := createServer(t, ctrl, "console", image, host)
 	waitServer(t, ctrl, id, 120*time.Second, settled("ACTIVE"))
 	t.Cleanup(func() { _, _ = ctrl.NovaDELETE(context.Background(), "/servers/"+id) })
+	// [vnc] enabled (nova's default): the VM got its VNC port at spawn, from
+	// VCAGENT_VNC_PORT ([vmware] vnc_port) on.
+	vm, err := vc.FindVMByInstanceUUID(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.ExtraConfig[vcenter.VNCPortKey] != "5950" || vm.ExtraConfig[vcenter.VNCEnabledKey] != "true" {
+		t.Errorf("VM's VNC settings after spawn %v", vm.ExtraConfig)
+	}
+
+	// The CLI users run: openstack console url show, VNC and MKS.
+	for _, c := range []struct{ flag, pattern string }{
+		{"--novnc", `^http://127\.0\.0\.1:6080/vnc_auto\.html\?path=%3Ftoken%3D[0-9a-f-]{36}$`},
+		{"--mks", `^http://127\.0\.0\.1:6091/\?token=[0-9a-f-]{36}$`},
+	} {
+		out, err := ctrl.OpenStack(ctx, "console", "url", "show", c.flag, "-f", "value", "-c", "url", id)
+		if err != nil {
+			t.Fatalf("openstack console url show %s: %v\n%s", c.flag, err, out)
+		}
+		if u := strings.TrimSpace(out); !regexp.MustCompile(c.pattern).MatchString(u) {
+			t.Errorf("openstack console url show %s: %q, want %s", c.flag, u, c.pattern)
+		}
+	}
 
 	// noVNC: the URL nova-api returns carries the token compute created.
 	rc, err := ctrl.NovaPOST(ctx, "/servers/"+id+"/remote-consoles", map[string]any{"remote_console": map[string]any{"protocol": "vnc", "type": "novnc"}})
@@ -47,11 +71,10 @@ func TestConsolesDiagnosticsAndEventsThroughNovaAPI(t *testing.T) {
 		t.Errorf("remote console %v", rc)
 	}
 	t.Logf("console URL %s", u)
-	vm, err := vc.FindVMByInstanceUUID(ctx, id)
-	if err != nil {
+	if vm, err = vc.FindVMByInstanceUUID(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if vm.ExtraConfig[vcenter.VNCPortKey] != "5900" || vm.ExtraConfig[vcenter.VNCEnabledKey] != "true" {
+	if vm.ExtraConfig[vcenter.VNCPortKey] != "5950" || vm.ExtraConfig[vcenter.VNCEnabledKey] != "true" {
 		t.Errorf("VM's VNC settings %v", vm.ExtraConfig)
 	}
 	// A second console keeps the port and gives a new token.
@@ -100,10 +123,10 @@ func TestConsolesDiagnosticsAndEventsThroughNovaAPI(t *testing.T) {
 		t.Errorf("versioned error notification %v", versionedErr)
 	}
 
-	// WebMKS with nova's default [mks] enabled = False: ConsoleTypeUnavailable, 400.
-	_, err = ctrl.NovaPOST(ctx, "/servers/"+id+"/remote-consoles", map[string]any{"remote_console": map[string]any{"protocol": "mks", "type": "webmks"}})
-	if !errors.As(err, &he) || he.StatusCode != 400 || !strings.Contains(he.Body, "Unavailable console type webmks.") {
-		t.Errorf("webmks console: %v, want HTTP 400 Unavailable console type webmks.", err)
+	// SPICE with nova's default [spice] enabled = False: ConsoleTypeUnavailable, 400.
+	_, err = ctrl.NovaPOST(ctx, "/servers/"+id+"/remote-consoles", map[string]any{"remote_console": map[string]any{"protocol": "spice", "type": "spice-html5"}})
+	if !errors.As(err, &he) || he.StatusCode != 400 || !strings.Contains(he.Body, "Unavailable console type spice-html5.") {
+		t.Errorf("spice console: %v, want HTTP 400 Unavailable console type spice-html5.", err)
 	}
 	// Serial: off by default as in nova.
 	_, err = ctrl.NovaPOST(ctx, "/servers/"+id+"/remote-consoles", map[string]any{"remote_console": map[string]any{"protocol": "serial", "type": "serial"}})

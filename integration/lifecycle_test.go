@@ -50,7 +50,7 @@ func serveSimulator() {
 // testVCenter starts a vCenter simulator owned by the test, so the test
 // can look at the VMs the agent makes, and returns the agent's settings for
 // it and a session of the test's own.
-func testVCenter(t *testing.T, env ...string) ([]string, *vcenter.Session) {
+func testVCenter(t testing.TB, env ...string) ([]string, *vcenter.Session) {
 	t.Helper()
 	ctx := context.Background()
 	self, err := os.Executable()

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n=== %s\n' "$*"; }
 
 # Debian packages the tests drive: the broker and the real oslo.messaging.
-packages=(rabbitmq-server python3-oslo.messaging python3-oslo.context qemu-utils)
+packages=(rabbitmq-server python3-oslo.messaging python3-oslo.context qemu-utils python3-oslo.vmware python3-suds)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -76,6 +76,9 @@ type AuthConfig struct {
 	// GlanceEndpoint overrides the catalog's image endpoint ([glance]
 	// endpoint_override).
 	GlanceEndpoint string
+	// NeutronEndpoint overrides the catalog's network endpoint ([neutron]
+	// endpoint_override).
+	NeutronEndpoint string
 	// CAFile is a PEM bundle to verify TLS endpoints with ([placement] cafile).
 	CAFile string
 	// Insecure skips TLS verification ([placement] insecure).
@@ -116,6 +119,7 @@ func (c AuthConfig) Validate() error {
 	}
 	for _, u := range []struct{ name, v string }{
 		{"AuthURL", c.AuthURL}, {"PlacementEndpoint", c.PlacementEndpoint}, {"GlanceEndpoint", c.GlanceEndpoint},
+		{"NeutronEndpoint", c.NeutronEndpoint},
 	} {
 		if u.v == "" {
 			continue

@@ -174,9 +174,9 @@ type console struct {
 }
 
 // vncConsole is the VMware driver's get_vnc_console: the VM's VNC port on
-// the ESXi host that runs it (vCenter has no VNC proxy). The agent's spawn
-// does not yet give VMs their port as nova's does when [vnc] is enabled, so
-// a VM without one gets it here, by nova's allocation rule.
+// the ESXi host that runs it (vCenter has no VNC proxy). Spawn gives VMs
+// their port when [vnc] is enabled; a VM without one (built while it was
+// off) gets it here, by nova's allocation rule.
 func (l *lifecycle) vncConsole(ctx context.Context, inst *ovo.Object) (console, error) {
 	hv, err := l.consoleHV()
 	if err != nil {

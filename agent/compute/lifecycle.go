@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"regexp"
 	"strings"
 	"sync"
@@ -84,6 +85,9 @@ type lifecycle struct {
 	log           zerolog.Logger
 
 	locks keyedLocks
+
+	// net is neutron (network.go); nil: no networks can be allocated.
+	net *networkAPI
 }
 
 // buildLimit is nova's max_concurrent_builds: a semaphore the builds
@@ -288,7 +292,9 @@ func (l *lifecycle) eventStart(ctx context.Context, rc rpc.Context, uuid, event 
 func (l *lifecycle) eventFinish(ctx context.Context, rc rpc.Context, uuid, event string, cause error) {
 	var excVal, excTB any
 	if cause != nil {
-		excVal = cause.Error()
+		// nova's serialize_args: a nova exception's message, else only
+		// the exception's class name (what the event's details show).
+		_, excVal = faultCodeAndMessage(cause)
 		excTB = "Traceback (most recent call last):\n  (raised by vcagent)\n" + cause.Error() + "\n"
 	}
 	if _, err := l.cond.ClassAction(ctx, rc, "InstanceActionEvent", "event_finish_with_failure", []any{uuid, event},
@@ -390,14 +396,19 @@ func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (
 		}
 		imageName, _ := a.Image["name"].(string)
 		l.notify.instanceAction(ctx, rc, inst, "create", "create", "start", nil, map[string]any{"image_name": imageName})
-		berr := l.build(ctx, rc, inst, a.Node, a.Image)
+		reqNets, perr := parseRequestedNetworks(a.RequestedNetworks)
+		if perr != nil {
+			zerolog.Ctx(ctx).Warn().Err(perr).Msg("requested_networks not understood; allocating as for none requested")
+		}
+		berr := l.build(ctx, rc, inst, a.Node, a.Image, reqNets, parseSecurityGroups(a.SecurityGroups))
 		if berr == nil {
-			l.notify.instanceAction(ctx, rc, inst, "create", "create", "end", nil, map[string]any{"image_name": imageName, "message": "Success", "fixed_ips": []any{}})
+			l.notify.instanceAction(ctx, rc, inst, "create", "create", "end", nil, map[string]any{"image_name": imageName, "message": "Success", "fixed_ips": legacyFixedIPs(inst)})
 			return nil
 		}
 		zerolog.Ctx(ctx).Error().Err(berr).Msg("build failed")
 		l.notify.instanceAction(ctx, rc, inst, "create", "create", "error", berr, map[string]any{"image_name": imageName})
 		l.cleanupFailedBuild(ctx, inst)
+		l.cleanupAllocatedNetworks(ctx, rc, inst, reqNets)
 		l.forgetSpawnCache()
 		if instanceGone(berr) {
 			// Deleted while building: the delete owns the instance now.
@@ -420,7 +431,8 @@ func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (
 // BuildAbortException: a bad image, a flavor too small) from those worth a
 // reschedule (RescheduledException: anything else the hypervisor raised).
 func isBuildAbort(err error) bool {
-	return errors.Is(err, vcenter.ErrUnsupportedDiskKind) || errors.Is(err, vcenter.ErrInvalidImage)
+	return errors.Is(err, vcenter.ErrUnsupportedDiskKind) || errors.Is(err, vcenter.ErrInvalidImage) ||
+		isNovaError(err, "BuildAbortException")
 }
 
 // instanceGone reports conductor's answer for an instance deleted under a
@@ -453,6 +465,9 @@ func (l *lifecycle) cleanupFailedBuild(ctx context.Context, inst *ovo.Object) {
 func (l *lifecycle) reschedule(ctx context.Context, rc rpc.Context, inst *ovo.Object, a buildArgs, retry map[string]any, cause error) error {
 	retry["exc"] = []any{"Traceback (most recent call last):\n", "  (raised by vcagent)\n", cause.Error() + "\n"}
 	retry["exc_reason"] = cause.Error()
+	if errors.As(cause, new(*rpc.RemoteError)) {
+		retry["exc_reason"] = remoteMessage(cause) // str(e) of nova's exception
+	}
 	inst.SetNull("host")
 	inst.SetNull("node")
 	inst.SetNull("launched_on")
@@ -514,7 +529,7 @@ func (l *lifecycle) failBuild(ctx context.Context, rc rpc.Context, inst *ovo.Obj
 
 // build claims the instance for this host and node, goes through nova's
 // task states and spawns the VM.
-func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any) error {
+func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any, reqNets netRequests, secGroups []string) error {
 	// The resource claim: the instance is on this host and node.
 	inst.SetString("host", l.host)
 	inst.SetString("node", node)
@@ -526,12 +541,11 @@ func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	if err := l.save(ctx, rc, inst, []any{nil}); err != nil {
 		return err
 	}
-	if cache, err := inst.Object("info_cache"); err == nil && cache != nil {
-		cache.SetString("network_info", "[]")
-		if _, err := l.cond.ObjectAction(ctx, rc, cache, "save", nil, nil); err != nil {
-			return err
-		}
-		cache.ResetChanges()
+	// The network allocation (nova's is asynchronous: its failure surfaces
+	// when spawn reads the network info, after the task states below).
+	nerr := l.allocateBuildNetworks(ctx, rc, inst, reqNets, secGroups)
+	if instanceGone(nerr) {
+		return nerr
 	}
 	inst.SetString("task_state", "block_device_mapping")
 	if err := l.save(ctx, rc, inst, "networking"); err != nil {
@@ -541,7 +555,13 @@ func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	if err := l.save(ctx, rc, inst, "block_device_mapping"); err != nil {
 		return err
 	}
+	if nerr != nil {
+		return networkBuildError(inst.StringOrEmpty("uuid"), nerr)
+	}
 	if err := l.spawn(ctx, rc, inst, node, image); err != nil {
+		if isNovaError(err, "InvalidInput") { // e.g. a VIF type the driver cannot plug
+			return networkBuildError(inst.StringOrEmpty("uuid"), err)
+		}
 		return err
 	}
 	setStates(inst, "active", nil, powerRunning)
@@ -606,6 +626,11 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	if t, _ := meta.Properties["vmware_disktype"].(string); t != "" {
 		kind = vcenter.DiskKind(t)
 	}
+	// vif.get_vif_info: a card per VIF of the instance's network info.
+	nics, err := nicsForVIFs(vifModel(meta.Properties), vifMaps(networkInfo(inst)))
+	if err != nil {
+		return err
+	}
 	if err := l.ensureExtension(ctx); err != nil {
 		return err
 	}
@@ -631,23 +656,43 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 		l.removeOrphanDir(ctx, cluster.Datacenter, dir, uuid)
 		return err
 	}
+	extra := map[string]string{"nvp.vm-uuid": uuid}
+	// [vnc] enabled: the VM gets its VNC port at creation, as nova's spawn
+	// gives it (with a reconfigure afterwards).
+	if cfg := l.consoleConfig(); cfg.VNCEnabled {
+		if r, ok := l.hv.(vncReserver); ok {
+			vnc, release, err := r.ReserveVNCPort(ctx, cfg.VNCPort, cfg.VNCPortTotal, cfg.VNCKeymap)
+			if err != nil {
+				l.removeOrphanDir(ctx, cluster.Datacenter, dir, uuid)
+				return err
+			}
+			defer release()
+			maps.Copy(extra, vnc)
+		}
+	}
 	vm, err := l.hv.CreateVM(ctx, vcenter.VMSpec{
 		Name: fmt.Sprintf("%s (%s)", inst.StringOrEmpty("display_name"), uuid), InstanceUUID: uuid,
 		NumCPUs: int32(vcpus), MemoryMB: mem, GuestID: "otherGuest",
 		Annotation:   fmt.Sprintf("name:%s\nuserid:%s\nprojectid:%s\nflavor:name:%s\nimageid:%s", inst.StringOrEmpty("display_name"), inst.StringOrEmpty("user_id"), inst.StringOrEmpty("project_id"), flavor.StringOrEmpty("name"), imageID),
-		ExtraConfig:  map[string]string{"nvp.vm-uuid": uuid},
+		ExtraConfig:  extra,
 		ManagedByKey: extensionKey, ManagedByType: "instance",
 		Folder: folder, ResourcePool: cluster.ResourcePool, Datastore: ds.Ref,
 		// The .vmx named in full: given only the directory, which the copy
 		// has made already, vCenter would put the VM in a new one beside it.
 		DatastorePath: dir.Join(uuid + ".vmx").String(), SCSIController: vcenter.SCSILsiLogic,
 		Disks: []string{root.String()},
+		NICs:  nics,
 	})
 	if err != nil {
 		l.removeOrphanDir(ctx, cluster.Datacenter, dir, uuid)
 		return err
 	}
 	return l.hv.PowerOn(ctx, vm.Ref)
+}
+
+// vncReserver gives VMs being created their VNC port (*vcenter.Session).
+type vncReserver interface {
+	ReserveVNCPort(ctx context.Context, minPort, total int, keymap string) (map[string]string, func(), error)
 }
 
 // removeOrphanDir deletes the instance's directory after a build failed
@@ -763,35 +808,46 @@ func (l *lifecycle) RebootInstance(ctx context.Context, req *rpc.Request) (any, 
 // conductor, and its placement allocations are deleted.
 func (l *lifecycle) TerminateInstance(ctx context.Context, req *rpc.Request) (any, error) {
 	return l.operation(ctx, req, opSpec{event: "compute_terminate_instance", method: "terminate_instance", revertsTaskState: true},
-		func(ctx context.Context, inst *ovo.Object) error {
-			rc := req.Context
-			uuid := inst.StringOrEmpty("uuid")
-			l.notify.instanceAction(ctx, rc, inst, "delete", "delete", "start", nil, nil)
-			l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "start", nil, nil)
-			err := l.withVM(ctx, inst, func(vm vcenter.Ref) error { return l.hv.Destroy(ctx, vm) })
-			if err != nil && !isRemote(err, "InstanceNotFound") {
-				return err
-			}
-			l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "end", nil, nil)
-			setStates(inst, "deleted", nil, powerNoState)
-			inst.SetDateTime("terminated_at", time.Now().UTC())
-			if err := l.save(ctx, rc, inst, nil); err != nil {
-				return err
-			}
-			if l.pl != nil {
-				if _, err := l.pl.DeleteAllocations(ctx, uuid); err != nil {
-					zerolog.Ctx(ctx).Warn().Err(err).Msg("deleting the placement allocations failed")
-				}
-			}
-			if err := l.sched.Cast(ctx, rc, "delete_instance_info", map[string]any{"host_name": l.host, "instance_uuid": uuid}); err != nil {
-				zerolog.Ctx(ctx).Warn().Err(err).Msg("delete_instance_info to the scheduler failed")
-			}
-			if _, err := l.cond.ObjectAction(ctx, rc, inst, "destroy", nil, nil); err != nil {
-				return err
-			}
-			l.notify.instanceAction(ctx, rc, inst, "delete", "delete", "end", nil, nil)
-			return nil
-		})
+		func(ctx context.Context, inst *ovo.Object) error { return l.deleteInstance(ctx, req.Context, inst) })
+}
+
+// deleteInstance is nova's _delete_instance, for terminate_instance and
+// the reclaim of soft-deleted instances: notifications, the VM destroyed,
+// the network released, the instance DELETED and destroyed, its
+// allocations and scheduler record dropped.
+func (l *lifecycle) deleteInstance(ctx context.Context, rc rpc.Context, inst *ovo.Object) error {
+	uuid := inst.StringOrEmpty("uuid")
+	l.notify.instanceAction(ctx, rc, inst, "delete", "delete", "start", nil, nil)
+	l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "start", nil, nil)
+	err := l.withVM(ctx, inst, func(vm vcenter.Ref) error { return l.hv.Destroy(ctx, vm) })
+	if err != nil && !isRemote(err, "InstanceNotFound") {
+		return err
+	}
+	// _try_deallocate_network: the ports deleted or unbound.
+	if err := l.deallocateForInstance(ctx, rc, inst, nil); err != nil {
+		zerolog.Ctx(ctx).Error().Err(err).Msg("Failed to deallocate network for instance.")
+		l.errorOut(ctx, rc, inst)
+		return err
+	}
+	l.notify.instanceAction(ctx, rc, inst, "shutdown", "shutdown", "end", nil, nil)
+	setStates(inst, "deleted", nil, powerNoState)
+	inst.SetDateTime("terminated_at", time.Now().UTC())
+	if err := l.save(ctx, rc, inst, nil); err != nil {
+		return err
+	}
+	if l.pl != nil {
+		if _, err := l.pl.DeleteAllocations(ctx, uuid); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("deleting the placement allocations failed")
+		}
+	}
+	if err := l.sched.Cast(ctx, rc, "delete_instance_info", map[string]any{"host_name": l.host, "instance_uuid": uuid}); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("delete_instance_info to the scheduler failed")
+	}
+	if _, err := l.cond.ObjectAction(ctx, rc, inst, "destroy", nil, nil); err != nil {
+		return err
+	}
+	l.notify.instanceAction(ctx, rc, inst, "delete", "delete", "end", nil, nil)
+	return nil
 }
 
 // revertTask is reverts_task_state: task_state back to None after a

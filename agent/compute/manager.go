@@ -20,6 +20,9 @@ type Config struct {
 	Host string
 	// HostIP is [DEFAULT] my_ip, reported as the nodes' host_ip.
 	HostIP string
+	// VCenterHost is [vmware] host_ip, the vCenter's address: the VMware
+	// driver's volume connector gives it as its ip and host.
+	VCenterHost string
 	// Exchange is nova's control exchange.
 	Exchange string
 	// Clusters limits the served clusters by name; empty serves every one.
@@ -47,8 +50,14 @@ type Config struct {
 	// it wait for one to finish. 0 means unlimited; negative means nova's
 	// default, 10.
 	MaxConcurrentBuilds int
+	// HealInstanceInfoCacheInterval is [DEFAULT]
+	// heal_instance_info_cache_interval: how often one instance's network
+	// info cache is rebuilt from neutron; 0 or less turns it off.
+	HealInstanceInfoCacheInterval time.Duration
 	// Notifications selects the notifications sent, as nova.conf does.
 	Notifications NotificationConfig
+	// Periodic configures nova-compute's periodic tasks (periodic.go).
+	Periodic PeriodicConfig
 }
 
 func (c *Config) defaults() {
@@ -87,6 +96,7 @@ type Manager struct {
 	cond      *Conductor
 	rt        *resourceTracker
 	life      *lifecycle
+	vols      *volumes
 	scheduler rpc.Client
 	log       zerolog.Logger
 	// OnConsuming reports whether the compute RPC server consumes.
@@ -100,6 +110,10 @@ type Deps struct {
 	Placement  Placement
 	Images     Images
 	Cache      ImageCache
+	// Network is neutron; nil serves only builds without networks.
+	Network Neutron
+	// Volumes is cinder; nil: volume attachments fail (volumes.go).
+	Volumes VolumeAPI
 }
 
 // NewManager builds the compute role.
@@ -135,6 +149,10 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 		onConsuming: onConsuming,
 	}
 	m.rt.vmsOn = m.life.vms.countOn
+	m.vols = &volumes{lifecycle: m.life, api: deps.Volumes, connectorIP: cfg.VCenterHost}
+	if deps.Network != nil {
+		m.life.net = &networkAPI{client: deps.Network}
+	}
 	return m, nil
 }
 
@@ -179,7 +197,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			"stop_instance":                 m.life.StopInstance,
 			"start_instance":                m.life.StartInstance,
 			"reboot_instance":               m.life.RebootInstance,
-			"terminate_instance":            m.life.TerminateInstance,
+			"terminate_instance":            m.vols.TerminateInstance, // volumes.go, around m.life's
 			"pause_instance":                m.life.PauseInstance,
 			"unpause_instance":              m.life.UnpauseInstance,
 			"set_admin_password":            m.life.SetAdminPassword,
@@ -213,6 +231,15 @@ func (m *Manager) Run(ctx context.Context) error {
 			"rescue_instance":               m.life.RescueInstance,
 			"unrescue_instance":             m.life.UnrescueInstance,
 			"rebuild_instance":              m.life.RebuildInstance,
+			"attach_interface":              m.life.AttachInterface,
+			"detach_interface":              m.life.DetachInterface,
+
+			// volumes (volumes.go)
+			"reserve_block_device_name": m.vols.ReserveBlockDeviceName,
+			"attach_volume":             m.vols.AttachVolume,
+			"detach_volume":             m.vols.DetachVolume,
+			"swap_volume":               m.vols.SwapVolume,
+			"remove_volume_connection":  m.vols.RemoveVolumeConnection,
 
 			// snapshot and shelve (snapshot.go, shelve.go)
 			"snapshot_instance":       m.life.SnapshotInstance,
@@ -256,6 +283,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		})
 	})
 	goLoop(func() { every(ctx, m.cfg.SchedulerSyncInterval, true, func() { m.syncSchedulerInstanceInfo(ctx) }) })
+	if m.life.net != nil && m.cfg.HealInstanceInfoCacheInterval > 0 {
+		goLoop(func() {
+			every(ctx, m.cfg.HealInstanceInfoCacheInterval, false, func() { m.life.healInstanceInfoCache(ctx, AdminContext()) })
+		})
+	}
+	m.startPeriodicTasks(ctx, goLoop)
 	if w, ok := m.life.hv.(VMWatcher); ok {
 		goLoop(func() { m.life.syncPowerStates(ctx, w, m.cfg.PowerSyncReconcile) })
 	}

@@ -188,7 +188,7 @@ func (l *lifecycle) ExternalInstanceEvent(ctx context.Context, req *rpc.Request)
 		log.Debug().Msg("Received event")
 		switch ev.name {
 		case "network-changed":
-			l.refreshInfoCache(ectx, req.Context, inst, nil)
+			l.networkChanged(ectx, req.Context, inst, ev.tag)
 		case "network-vif-deleted":
 			l.vifDeleted(ectx, req.Context, inst, ev.tag)
 		case "volume-extended":
@@ -215,10 +215,17 @@ func (l *lifecycle) ExternalInstanceEvent(ctx context.Context, req *rpc.Request)
 
 // refreshInfoCache is the network API's get_instance_nw_info followed by
 // update_instance_cache_with_nw_info: InstanceInfoCache.save with the
-// instance's network info. The agent has no neutron client yet, so the
-// info saved is the cache's own (servers without ports: "[]"), or vifs
-// when given.
+// instance's network info: vifs when given, else rebuilt from neutron
+// (getInstanceNWInfo, network.go); without neutron, the cache's own
+// (servers without ports: "[]").
 func (l *lifecycle) refreshInfoCache(ctx context.Context, rc rpc.Context, inst *ovo.Object, vifs []any) {
+	if vifs == nil && l.net != nil {
+		// get_instance_nw_info: rebuilt from neutron (network.go).
+		if _, err := l.getInstanceNWInfo(ctx, rc, inst, nwInfoOpts{}); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("refreshing the network info cache failed")
+		}
+		return
+	}
 	nw := "[]"
 	if cache, err := inst.Object("info_cache"); err == nil && cache != nil {
 		if s := cache.StringOrEmpty("network_info"); s != "" {
@@ -247,14 +254,19 @@ func networkInfo(inst *ovo.Object) []any {
 }
 
 // vifDeleted is _process_instance_vif_deleted_event: a port neutron deleted
-// leaves the info cache (the VMware driver's detach_interface is not in the
-// agent yet; the cache is what nova's API shows).
+// leaves the info cache, and its card the VM (the VMware driver's
+// detach_interface, interfaces.go).
 func (l *lifecycle) vifDeleted(ctx context.Context, rc rpc.Context, inst *ovo.Object, port string) {
 	vifs := networkInfo(inst)
 	for i, v := range vifs {
 		if m, ok := v.(map[string]any); ok && m["id"] == port {
-			zerolog.Ctx(ctx).Info().Str("port", port).Msg("Neutron deleted interface; deleting it from the info cache")
+			zerolog.Ctx(ctx).Info().Str("port", port).Msg("Neutron deleted interface; detaching it from the instance and deleting it from the info cache")
 			l.refreshInfoCache(ctx, rc, inst, append(vifs[:i:i], vifs[i+1:]...))
+			if l.net != nil {
+				if err := l.unplugNIC(ctx, inst, m); err != nil {
+					zerolog.Ctx(ctx).Warn().Err(err).Str("port", port).Msg("Detach interface failed")
+				}
+			}
 			return
 		}
 	}
@@ -649,16 +661,14 @@ func (l *lifecycle) RestoreInstance(ctx context.Context, req *rpc.Request) (any,
 // API's HTTP 501). nova-compute with the VMware driver does these; the
 // answer only keeps the instance from hanging in its task state.
 var pendingMethods = []string{ //nolint:gochecknoglobals // a table
-	"add_fixed_ip_to_instance", "attach_interface", "attach_volume", "backup_instance",
+	"add_fixed_ip_to_instance", "backup_instance",
 	"confirm_snapshot_based_resize_at_source",
-	"detach_interface", "detach_volume", "drop_move_claim_at_destination",
+	"drop_move_claim_at_destination",
 	"finish_revert_snapshot_based_resize_at_source",
 	"finish_snapshot_based_resize_at_dest", "live_migration_abort",
 	"prep_snapshot_based_resize_at_dest", "prep_snapshot_based_resize_at_source",
-	"remove_fixed_ip_from_instance", "remove_volume_connection",
-	"reserve_block_device_name",
+	"remove_fixed_ip_from_instance",
 	"revert_snapshot_based_resize_at_dest",
-	"swap_volume",
 }
 
 // pending is the stopgap handler of a pending method.

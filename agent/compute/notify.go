@@ -282,8 +282,8 @@ func (n *notifier) instancePayload(rc rpc.Context, inst *ovo.Object) map[string]
 		"power_state":              powerStateName(inst),
 		"task_state":               nullable(inst, "task_state"),
 		"progress":                 nullable(inst, "progress"),
-		"ip_addresses":             []any{}, // servers have no ports until the network role
-		"block_devices":            nil,     // nova's default bdms_in_notifications=False
+		"ip_addresses":             ipPayloads(inst),
+		"block_devices":            nil, // nova's default bdms_in_notifications=False
 		"metadata":                 stringDict(inst, "metadata"),
 		"locked":                   boolOr(inst, "locked", false),
 		"auto_disk_config":         diskConfig(inst),

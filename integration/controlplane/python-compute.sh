@@ -9,13 +9,14 @@
 #
 # The vCenter comes from the environment: VC_HOST (127.0.0.1), VC_PORT (443), VC_USER,
 # VC_PASS, VC_CLUSTER (DC0_C0), VC_DATASTORE_REGEX (empty: all), VC_POLL (task_poll_interval,
-# 0.5). Written for integration/pyvmware's simulator launcher; any vCenter will do.
+# 0.5), VC_VNC_ENABLED ([vnc] enabled, False). Written for integration/pyvmware's simulator
+# launcher; any vCenter will do.
 # Config: WORK/etc/nova-compute.conf (up.sh's) then WORK/etc/pycompute-HOST.conf (this
 # compute's host, state and [vmware] section). Log WORK/log/pycompute-HOST.log, stdout/err
 # WORK/log/pycompute-HOST.out. There is no nova-compute console script (the Debian package
 # nova-compute pulls libvirt), so integration/pyvmware/nova_compute.py starts it.
 set -euo pipefail
-[ $# -eq 3 ] || { sed -n 2,16p "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n 2,17p "$0" >&2; exit 2; }
 WORK=$(cd "$1" && pwd); ACTION=$2; HOST=$3
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=/usr/bin/python3
@@ -53,6 +54,8 @@ datastore_regex = ${VC_DATASTORE_REGEX:-}
 task_poll_interval = ${VC_POLL:-0.5}
 api_retry_count = 2
 use_linked_clone = False
+[vnc]
+enabled = ${VC_VNC_ENABLED:-False}
 EOF
   base=$(envjson nova_compute_conf)
   since=$(date -u +%Y-%m-%dT%H:%M:%S)

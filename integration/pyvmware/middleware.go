@@ -60,6 +60,9 @@ var (
 	// e.g. nova's capacityKb) in an element; only rewritten for elements
 	// that are integers in every vim25 type that has them.
 	decimalElem = regexp.MustCompile(`<((?:[\w-]+:)?([\w]+))((?:\s[^>]*)?)>(-?\d+)\.0+</`)
+	// A SCSI controller device: vCenter gives it scsiCtlrUnitNumber 7 when
+	// the client leaves it out (nova does), the simulator keeps none.
+	scsiController = regexp.MustCompile(`(?s)(<((?:[\w-]+:)?)device\b[^>]*type="(?:[\w-]+:)?(?:VirtualLsiLogicController|VirtualLsiLogicSASController|ParaVirtualSCSIController|VirtualBusLogicController)"[^>]*>)(.*?)(</(?:[\w-]+:)?device>)`)
 )
 
 // middleware counts every request and rewrites the Python client's
@@ -86,6 +89,13 @@ func middleware(next http.Handler, counts *counter, schema *schema, dcName strin
 						return m
 					}
 					return []byte("<" + string(sub[1]) + string(sub[3]) + ">" + string(sub[4]) + "</")
+				})
+				body = scsiController.ReplaceAllFunc(body, func(m []byte) []byte {
+					sub := scsiController.FindSubmatch(m)
+					if bytes.Contains(sub[3], []byte("scsiCtlrUnitNumber")) {
+						return m
+					}
+					return []byte(string(sub[1]) + string(sub[3]) + "<" + string(sub[2]) + "scsiCtlrUnitNumber>7</" + string(sub[2]) + "scsiCtlrUnitNumber>" + string(sub[4]))
 				})
 			}
 			r.Body = io.NopCloser(bytes.NewReader(body))
