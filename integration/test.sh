@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 log() { printf '\n=== %s\n' "$*"; }
 
 # Debian packages the tests drive: the broker and the real oslo.messaging.
-packages=(rabbitmq-server python3-oslo.messaging python3-oslo.context qemu-utils python3-oslo.vmware python3-suds)
+packages=(rabbitmq-server python3-oslo.messaging python3-oslo.context qemu-utils python3-oslo.vmware python3-suds python3-neutron)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,6 +46,9 @@ rm -rf "$(dirname "$static")"
 # which must not cut the connections of another package's tests.
 log "unit tests (race detector)"
 go test -race -count=1 -p 1 -timeout 15m ./...
+
+log "the vmware_dvs ML2 driver's unit tests (Debian's python3-neutron)"
+(cd contrib/neutron && PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=. /usr/bin/python3 -m unittest tests/test_driver.py)
 
 log "fuzzing the message decoder briefly"
 go test -count=1 -run '^$' -fuzz '^FuzzDecodeRequest$' -fuzztime 15s ./rpc/
