@@ -20,6 +20,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,7 +37,16 @@ func BenchmarkNetworkBind(b *testing.B) {
 	host := fmt.Sprintf("vcagent-nbench-%d", time.Now().Unix()%100000)
 	env := slices.Concat(computeAgentEnv(ctrl, host), vcEnv, networkAgentEnv())
 	env = append(env, "VCAGENT_ROLES=compute,volume,network", "VCAGENT_VOLUME_DATABASE_URL="+ctrl.CinderDB)
+	// the agent without -race (TestMain's build has it, which would
+	// inflate its time and memory several times)
+	plain := filepath.Join(b.TempDir(), "vcagent")
+	if out, err := exec.Command("go", "build", "-o", plain, "..").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	raceAgent := agentBinary
+	agentBinary = plain
 	agent := startAgent(b, env...)
+	agentBinary = raceAgent
 	ctx := context.Background()
 	wctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()

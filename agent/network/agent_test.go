@@ -366,11 +366,14 @@ func TestDevicePassReportsNICsThatComeAndGo(t *testing.T) {
 		}, []string{"get_devices_details_list_and_failed_devices", "security_group_info_for_devices"}},
 		{"portA set admin down", func() {
 			nt.adminOff[portA] = true
-			_, _ = a.portUpdate(ctx, request(t, "port_update", map[string]any{"port": map[string]any{"id": portA}}))
+			_, _ = a.portUpdate(ctx, request(t, "port_update", map[string]any{"port": map[string]any{"id": portA, "admin_state_up": false}}))
 		}, []string{"get_devices_details_list_and_failed_devices", "update_device_down " + portA}},
+		{"only portA's status changed (neutron's echo of the pass)", func() {
+			_, _ = a.postUpdatePort(ctx, request(t, "post_update_port", map[string]any{"current": map[string]any{"id": portA, "admin_state_up": false, "status": "DOWN"}}))
+		}, nil},
 		{"portA up again, portB connects", func() {
 			nt.adminOff[portA] = false
-			_, _ = a.portUpdate(ctx, request(t, "port_update", map[string]any{"port": map[string]any{"id": portA}}))
+			_, _ = a.portUpdate(ctx, request(t, "port_update", map[string]any{"port": map[string]any{"id": portA, "admin_state_up": true}}))
 			sw.connect(portB, true)
 		}, []string{"get_devices_details_list_and_failed_devices", "security_group_info_for_devices", "update_device_up " + portA, "update_device_up " + portB}},
 		{"portB's NIC leaves", func() { sw.connect(portB, false) }, []string{"update_device_down " + portB}},

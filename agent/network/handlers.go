@@ -121,6 +121,7 @@ func (a *Agent) bindPort(ctx context.Context, req *rpc.Request) (any, error) {
 		info = &portInfo{dvs: d.Name, key: port.Key, pgKey: pg.Key}
 		a.st.ports[args.Current.ID] = info
 	}
+	info.remember(args.Current)
 	info.needDetails, info.needFilter = true, true
 	a.st.mu.Unlock()
 	zerolog.Ctx(ctx).Info().Str("port_id", args.Current.ID).Str("portgroup", pg.Name).Str("port_key", port.Key).Msg("port bound")
@@ -140,7 +141,7 @@ func (a *Agent) postUpdatePort(ctx context.Context, req *rpc.Request) (any, erro
 	if err := req.DecodeArgs(&args); err != nil {
 		return nil, err
 	}
-	a.markPort(args.Current.ID)
+	a.markPort(args.Current)
 	return nil, nil
 }
 
@@ -153,16 +154,23 @@ func (a *Agent) deletePort(ctx context.Context, req *rpc.Request) (any, error) {
 	return nil, a.releasePort(ctx, args.Current.ID)
 }
 
-// markPort asks the next device pass to read the port's details and
-// filter again, if the port is one of the agent's.
-func (a *Agent) markPort(id string) {
+// markPort asks the next device pass to read a port's details and filter
+// again when what the agent acts on changed: its admin state (up or down)
+// or its security groups. Other changes, above all the status neutron sets
+// after update_device_up (whose post_update_port and port_update come
+// back here), change nothing; re-reading them would loop.
+func (a *Agent) markPort(p portDict) {
 	a.st.mu.Lock()
-	info := a.st.ports[id]
+	info := a.st.ports[p.ID]
+	changed := false
 	if info != nil {
-		info.needDetails, info.needFilter = true, true
+		changed = info.remember(p)
+		if changed {
+			info.needDetails, info.needFilter = true, true
+		}
 	}
 	a.st.mu.Unlock()
-	if info != nil {
+	if changed {
 		a.pokeDevices()
 	}
 }
@@ -197,7 +205,7 @@ func (a *Agent) portUpdate(ctx context.Context, req *rpc.Request) (any, error) {
 	if err := req.DecodeArgs(&args); err != nil {
 		return nil, err
 	}
-	a.markPort(args.Port.ID)
+	a.markPort(args.Port)
 	return nil, nil
 }
 

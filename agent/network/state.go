@@ -30,6 +30,24 @@ type portInfo struct {
 	// binding): read its details again. needFilter: its security groups
 	// changed: program the filter again.
 	needDetails, needFilter bool
+	// adminDown: neutron said the port is administratively down; it is
+	// not reported up, nor asked about again, until it changes.
+	adminDown bool
+	// adminUp and securityGroups are the port's as last seen (known:
+	// seen at all), to tell the updates that matter from the others.
+	known          bool
+	adminUp        bool
+	securityGroups []string
+}
+
+// remember records a port's admin state and security groups as neutron
+// sent them and reports whether either changed (or was unknown).
+func (p *portInfo) remember(d portDict) bool {
+	up := d.AdminStateUp == nil || *d.AdminStateUp
+	sgs := slices.Sorted(slices.Values(d.SecurityGroups))
+	changed := !p.known || p.adminUp != up || !slices.Equal(p.securityGroups, sgs)
+	p.known, p.adminUp, p.securityGroups = true, up, sgs
+	return changed
 }
 
 func newState() *state {

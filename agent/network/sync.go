@@ -280,7 +280,7 @@ func (a *Agent) devicePass(ctx context.Context) error {
 			}
 			connected := p.ConnectedVM.Value != ""
 			switch {
-			case connected && (!info.up || info.needDetails || info.needFilter):
+			case connected && ((!info.up && !info.adminDown) || info.needDetails || info.needFilter):
 				check = append(check, p.Name)
 			case !connected && info.up:
 				down = append(down, p.Name)
@@ -371,7 +371,7 @@ func (a *Agent) checkDevices(ctx context.Context, ids, down []string) (up, downO
 			info := a.st.ports[dd.Device]
 			wasUp := info != nil && info.up
 			if info != nil {
-				info.needDetails = false
+				info.needDetails, info.needFilter, info.adminDown = false, false, true
 			}
 			a.st.mu.Unlock()
 			if wasUp {
@@ -381,8 +381,11 @@ func (a *Agent) checkDevices(ctx context.Context, ids, down []string) (up, downO
 		}
 		admitted = append(admitted, dd.Device)
 		a.st.mu.Lock()
-		if info := a.st.ports[dd.Device]; info != nil && info.needFilter {
-			filter = append(filter, dd.Device)
+		if info := a.st.ports[dd.Device]; info != nil {
+			info.adminDown = false
+			if info.needFilter {
+				filter = append(filter, dd.Device)
+			}
 		}
 		a.st.mu.Unlock()
 	}
