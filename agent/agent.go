@@ -181,6 +181,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		RPCObserver:                   o.ServerObserver(),
 		MaxConcurrentBuilds:           a.cfg.MaxConcurrentBuilds,
 		HealInstanceInfoCacheInterval: a.cfg.HealInstanceInfoCacheInterval,
+		VIFPluggingTimeout:            a.cfg.VIFPluggingTimeout,
+		VIFPluggingIsFatal:            a.cfg.VIFPluggingIsFatal,
 		Periodic:                      a.cfg.periodicConfig(),
 		Notifications: compute.NotificationConfig{
 			Driver:          a.cfg.NotificationDriver,

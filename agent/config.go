@@ -69,6 +69,8 @@ type Config struct {
 	CinderCatalogInfo     string `envconfig:"CINDER_CATALOG_INFO" conf:"cinder.catalog_info" default:"volumev3::publicURL" desc:"cinder's catalog entry, <service_type>:<service_name>:<interface>, used without VCAGENT_CINDER_ENDPOINT"`
 
 	// The network info cache heal (nova's _heal_instance_info_cache).
+	VIFPluggingTimeout            time.Duration `envconfig:"VIF_PLUGGING_TIMEOUT" default:"0s" desc:"how long a build waits for neutron's network-vif-plugged events; 0: no wait, as nova's VMware driver (which ignores [DEFAULT] vif_plugging_timeout)"`
+	VIFPluggingIsFatal            bool          `envconfig:"VIF_PLUGGING_IS_FATAL" conf:"DEFAULT.vif_plugging_is_fatal" default:"true" desc:"a build whose ports were not reported plugged in time fails (with VCAGENT_VIF_PLUGGING_TIMEOUT)"`
 	HealInstanceInfoCacheInterval time.Duration `envconfig:"HEAL_INSTANCE_INFO_CACHE_INTERVAL" conf:"DEFAULT.heal_instance_info_cache_interval" default:"60s" desc:"how often one instance's network info cache is rebuilt from neutron (in a file: seconds); 0 or less: never"`
 
 	CachePrefix                string        `envconfig:"CACHE_PREFIX" conf:"vmware.cache_prefix" desc:"image cache folder <prefix>_base on each datastore; default: my_ip, else the host name"`

@@ -27,6 +27,9 @@ func networkAgentEnv() []string {
 		"VCAGENT_NETWORK_BRIDGE_MAPPINGS=physnet1:DVS0",
 		"VCAGENT_NETWORK_REPORT_INTERVAL=5s",
 		"VCAGENT_NETWORK_POLLING_INTERVAL=500ms",
+		// builds wait for neutron's network-vif-plugged (off by default,
+		// as in nova's VMware driver)
+		"VCAGENT_VIF_PLUGGING_TIMEOUT=60s",
 	}
 }
 
@@ -222,6 +225,15 @@ func TestNetworkRoleWithRealNeutronAndNova(t *testing.T) {
 	}
 	server := created["server"].(map[string]any)["id"].(string)
 	waitServer(t, ctrl, server, 2*time.Minute, settled("ACTIVE"))
+	t.Run("the build waited for network-vif-plugged: the port is ACTIVE with the server", func(t *testing.T) {
+		p, err := ctrl.NeutronGET(ctx, "/ports/"+portID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := p["port"].(map[string]any)["status"]; st != "ACTIVE" {
+			t.Errorf("server ACTIVE while its port is %v", st)
+		}
+	})
 
 	var pgKey string
 	t.Run("the server's NIC is on the bound DVS port and the port is ACTIVE", func(t *testing.T) {

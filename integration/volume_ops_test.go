@@ -51,6 +51,10 @@ func TestVolumeOps(t *testing.T) {
 		"VCAGENT_VOLUME_EXCHANGE="+ctrl.CinderExchange,
 		"VCAGENT_NOTIFICATION_DRIVER=messagingv2",
 	)
+	// what earlier tests left in the shared project's quota (volumes of a
+	// stopped backend, a killed agent's) is the baseline; the test's own
+	// operations must keep the quota and the resources in step
+	baseline := quotaOffset(ctx, t, ctrl)
 	raw := rawPublisher(t, ctrl.TransportURL)
 	notifications := raw.replyQueue(t)
 	for _, key := range []string{"notifications.info", "notifications.error"} {
@@ -242,7 +246,7 @@ func TestVolumeOps(t *testing.T) {
 		if err != nil || b.DiskCapacityKB != 2<<20 {
 			t.Errorf("backing disk after extend: %d KiB, %v; want 2 GiB", b.DiskCapacityKB, err)
 		}
-		quotaMatchesResources(ctx, t, ctrl)
+		quotaMatchesResources(ctx, t, ctrl, baseline)
 		waitNotifications(t, notifications, id, map[string]string{"volume.resize.start": "volume." + backend, "volume.resize.end": "volume." + backend})
 	})
 
@@ -443,7 +447,7 @@ func TestVolumeOps(t *testing.T) {
 		if _, err := vc.FindBacking(ctx, id); !errors.Is(err, vcenter.ErrNotFound) {
 			t.Errorf("backing left after delete: %v", err)
 		}
-		quotaMatchesResources(ctx, t, ctrl)
+		quotaMatchesResources(ctx, t, ctrl, baseline)
 	})
 	t.Run("workers", func(t *testing.T) {
 		// create_volume, delete_volume and create_snapshot leave no workers
@@ -655,6 +659,19 @@ func TestVolumeEagerCreate(t *testing.T) {
 		} else if !errors.Is(berr, vcenter.ErrNotFound) {
 			t.Errorf("a failed create left a backing: %v", berr)
 		}
+		if c.want == "error" {
+			// the driver's create_volume failed: CREATE_VOLUME_FROM_BACKEND,
+			// DRIVER_FAILED_CREATE, as cinder's message API records it
+			m, err := ctrl.CinderGET(ctx, "/messages?resource_uuid="+id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msgs := asList(m, "messages")
+			if len(msgs) != 1 || msgs[0]["event_id"] != "VOLUME_VOLUME_008_012" || msgs[0]["message_level"] != "ERROR" ||
+				msgs[0]["resource_type"] != "VOLUME" || msgs[0]["user_message"] != "create volume from backend storage:Driver failed to create the volume." {
+				t.Errorf("user messages of the failed volume: %v", msgs)
+			}
+		}
 		if _, err := ctrl.CinderDELETE(ctx, "/volumes/"+id); err != nil {
 			t.Fatal(err)
 		}
@@ -684,40 +701,295 @@ func vcenterCalls(t *testing.T, opsURL string) int {
 	return n
 }
 
+// quotaOffset is the project's quota usage (volumes, gigabytes) minus
+// what its volumes and snapshots add up to.
+func quotaOffset(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane) [2]float64 {
+	t.Helper()
+	used := volumeQuotaInUse(ctx, t, ctrl)
+	var have [2]float64
+	vols, err := ctrl.CinderGET(ctx, "/volumes/detail")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range asList(vols, "volumes") {
+		size, _ := v["size"].(float64)
+		have[0]++
+		have[1] += size
+	}
+	snaps, err := ctrl.CinderGET(ctx, "/snapshots/detail")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range asList(snaps, "snapshots") {
+		size, _ := s["size"].(float64)
+		have[1] += size
+	}
+	return [2]float64{used[0] - have[0], used[1] - have[1]}
+}
+
 // quotaMatchesResources: the project's quota usage (volumes, gigabytes)
-// is what its volumes and snapshots add up to. Other tests use the same
-// project at the same time, so the totals are compared, not deltas, until
-// they agree (10 s).
-func quotaMatchesResources(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane) {
+// moves with its volumes and snapshots: the offset stays the baseline's.
+// Other agents may be mid-operation, so it waits until they agree (10 s).
+func quotaMatchesResources(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane, baseline [2]float64) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		used := volumeQuotaInUse(ctx, t, ctrl)
-		var have [2]float64
-		vols, err := ctrl.CinderGET(ctx, "/volumes/detail")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, v := range asList(vols, "volumes") {
-			size, _ := v["size"].(float64)
-			have[0]++
-			have[1] += size
-		}
-		snaps, err := ctrl.CinderGET(ctx, "/snapshots/detail")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range asList(snaps, "snapshots") {
-			size, _ := s["size"].(float64)
-			have[1] += size
-		}
-		if used == have {
+		off := quotaOffset(ctx, t, ctrl)
+		if off == baseline {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("quota in use (volumes, gigabytes) %v, the project's volumes and snapshots %v", used, have)
+			t.Errorf("quota in use minus the project's volumes and snapshots (volumes, gigabytes): %v, %v at the start", off, baseline)
 			return
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+}
+
+// TestVolumeRevertRetypeManage: revert_to_snapshot, retype and unmanage
+// through the real cinder API, as the VMDK driver answers them. Reverting
+// to a template snapshot (the driver's snapshot format) fails as the
+// driver does (InvalidSnapshot): the volume is error, the snapshot
+// available again, and the manager's backup snapshot "[revert] volume
+// <id> backup snapshot" stays. Retyping a volume with a backing from a
+// thin type to a thick one converts its backing's disk (relocated or
+// cloned, keeping the volume's identity) and gives the volume the new
+// type. Managing a VM's disk ("<vmdk path>@<VM inventory path>") makes
+// it the disk of a new volume's backing (size rounded up to whole GB, the
+// disk detached from the VM); a reference to nothing leaves the volume
+// error_managing. Unmanaging a volume removes it from cinder and leaves
+// its backing in vCenter, no longer naming the volume.
+func TestVolumeRevertRetypeManage(t *testing.T) {
+	ctrl := controlPlane(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	vcEnv, vc := testVCenter(t)
+	suffix := fmt.Sprint(time.Now().Unix() % 100000)
+	host := "vcagent-volrrt-" + suffix
+	backendName := "volrrt" + suffix
+	env := append(computeAgentEnv(ctrl, host), vcEnv...)
+	env = append(env, "VCAGENT_ROLES=compute,volume", "VCAGENT_VOLUME_BACKEND="+backendName,
+		"VCAGENT_VOLUME_DATABASE_URL="+ctrl.CinderDB, "VCAGENT_VOLUME_EXCHANGE="+ctrl.CinderExchange,
+		"VCAGENT_VOLUME_LAZY_CREATE=false")
+	startAgent(t, env...)
+	backend := host + "@" + backendName
+	waitVolumeServiceState(ctx, t, ctrl, backend, "up", 90*time.Second)
+	waitPool(ctx, t, ctrl, backend+"#"+backendName)
+	typ := volumeTypeFor(ctx, t, ctrl, backendName)
+	thick := typ + "-thick"
+	v, err := ctrl.CinderPOST(ctx, "/types", map[string]any{"volume_type": map[string]any{
+		"name": thick, "extra_specs": map[string]any{"volume_backend_name": backendName, "vmware:vmdk_type": "thick"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	thickID, _ := v["volume_type"].(map[string]any)["id"].(string)
+	t.Cleanup(func() { _, _ = ctrl.CinderDELETE(context.Background(), "/types/"+thickID) })
+
+	newVolume := func(t *testing.T, name string) string {
+		t.Helper()
+		v, err := ctrl.CinderPOST(ctx, "/volumes", map[string]any{"volume": map[string]any{"name": name, "size": 1, "volume_type": typ}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := v["volume"].(map[string]any)["id"].(string)
+		t.Cleanup(func() {
+			dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+			defer dcancel()
+			if _, err := ctrl.CinderDELETE(dctx, "/volumes/"+id+"?cascade=true"); err == nil {
+				_, _ = ctrl.CinderVolumeStatus(dctx, id, "deleting", "available", "error")
+			}
+		})
+		if st, err := ctrl.CinderVolumeStatus(ctx, id, "creating"); err != nil || st != "available" {
+			t.Fatalf("volume %s: %q, %v; want available", id, st, err)
+		}
+		return id
+	}
+
+	t.Run("revert-to-template-snapshot", func(t *testing.T) {
+		id := newVolume(t, "vcagent-revert")
+		s, err := ctrl.CinderPOST(ctx, "/snapshots", map[string]any{"snapshot": map[string]any{"volume_id": id, "name": "vcagent-revert"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		snapID, _ := s["snapshot"].(map[string]any)["id"].(string)
+		if st := snapshotStatus(ctx, t, ctrl, snapID, "creating"); st != "available" {
+			t.Fatalf("snapshot %s: %q", snapID, st)
+		}
+		if _, err := ctrl.CinderPOST(ctx, "/volumes/"+id+"/action", map[string]any{"revert": map[string]any{"snapshot_id": snapID}}); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ctrl.CinderVolumeStatus(ctx, id, "reverting"); err != nil || st != "error" {
+			t.Errorf("volume %s after reverting to a template snapshot: %q, %v; want error (InvalidSnapshot)", id, st, err)
+		}
+		if st := snapshotStatus(ctx, t, ctrl, snapID, "restoring"); st != "available" {
+			t.Errorf("snapshot %s after the failed revert: %q, want available", snapID, st)
+		}
+		snaps, err := ctrl.CinderGET(ctx, "/snapshots/detail?volume_id="+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		backup := ""
+		for _, sn := range asList(snaps, "snapshots") {
+			if sn["name"] == "[revert] volume "+id+" backup snapshot" {
+				backup, _ = sn["id"].(string)
+				if sn["status"] != "available" {
+					t.Errorf("backup snapshot %v", sn)
+				}
+			}
+		}
+		if backup == "" {
+			t.Errorf("no backup snapshot of the revert among %v", snaps)
+		}
+	})
+
+	t.Run("retype-thin-to-thick", func(t *testing.T) {
+		id := newVolume(t, "vcagent-retype")
+		before, err := vc.FindBacking(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctrl.CinderPOST(ctx, "/volumes/"+id+"/action", map[string]any{"os-retype": map[string]any{"new_type": thick, "migration_policy": "never"}}); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ctrl.CinderVolumeStatus(ctx, id, "retyping"); err != nil || st != "available" {
+			t.Fatalf("volume %s after retype: %q, %v", id, st, err)
+		}
+		g, err := ctrl.CinderGET(ctx, "/volumes/"+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if vt := g["volume"].(map[string]any)["volume_type"]; vt != thick {
+			t.Errorf("volume type after retype: %v, want %s", vt, thick)
+		}
+		after, err := vc.FindBacking(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("backing before %s %s on %v, after %s %s on %v", before.Ref.Value, before.DiskType, before.Datastores, after.Ref.Value, after.DiskType, after.Datastores)
+		// govmomi's simulator ignores the disk locator of a clone or
+		// relocation, so the disk type itself is not checked
+		if after.Name != "volume-"+id || after.VolumeID != id || after.InstanceUUID != id || after.DiskUUID != id {
+			t.Errorf("backing after retype %+v: want it named and identified by the volume", after)
+		}
+	})
+
+	t.Run("manage-existing", func(t *testing.T) {
+		// a VM with a 1.5 GiB disk: the disk becomes a 2 GB volume's backing disk
+		clusters, err := vc.Clusters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := clusters[0]
+		dir := vcenter.DatastorePath{Datastore: c.Datastores[0].Name, Path: "manage-src-" + suffix}
+		if err := vc.MakeDirectory(ctx, c.Datacenter, dir); err != nil {
+			t.Fatal(err)
+		}
+		disk := dir.Join("data.vmdk")
+		if err := vc.CreateVirtualDisk(ctx, c.Datacenter, disk, 3<<19, vcenter.DiskKindThin); err != nil {
+			t.Fatal(err)
+		}
+		folder, err := vc.EnsureFolderPath(ctx, c.Datacenter, "manage-src")
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := vc.CreateVM(ctx, vcenter.VMSpec{Name: "manage-src-" + suffix, NumCPUs: 1, MemoryMB: 64, GuestID: "otherGuest",
+			Folder: folder, ResourcePool: c.ResourcePool, Datastore: c.Datastores[0].Ref, SCSIController: vcenter.SCSILsiLogic, Disks: []string{disk.String()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = vc.Destroy(context.Background(), src.Ref) })
+		invPath, err := vc.InventoryPath(ctx, src.Ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		manage := func(t *testing.T, sourceName string) string {
+			t.Helper()
+			v, err := ctrl.CinderPOST(ctx, "/manageable_volumes", map[string]any{"volume": map[string]any{
+				"host": backend + "#" + backendName, "ref": map[string]any{"source-name": sourceName}, "name": "vcagent-managed", "volume_type": typ,
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, _ := v["volume"].(map[string]any)["id"].(string)
+			t.Cleanup(func() {
+				dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
+				defer dcancel()
+				if _, err := ctrl.CinderDELETE(dctx, "/volumes/"+id); err == nil {
+					_, _ = ctrl.CinderVolumeStatus(dctx, id, "deleting", "available", "error", "error_managing")
+				}
+			})
+			return id
+		}
+		// a reference to nothing: error_managing
+		bad := manage(t, "[nowhere] x.vmdk@"+invPath)
+		// cinder-api shows error_managing as error
+		if st, err := ctrl.CinderVolumeStatus(ctx, bad, "managing", "creating"); err != nil || st != "error" {
+			t.Errorf("volume managed from a missing disk: %q, %v; want error (error_managing)", st, err)
+		}
+		db, err := sql.Open("mysql", ctrl.CinderDB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var st string
+		if err := db.QueryRowContext(ctx, "SELECT status FROM volumes WHERE id = ?", bad).Scan(&st); err != nil || st != "error_managing" {
+			t.Errorf("volume managed from a missing disk: %q, %v in cinder's database; want error_managing", st, err)
+		}
+		id := manage(t, disk.String()+"@"+invPath)
+		if st, err := ctrl.CinderVolumeStatus(ctx, id, "managing", "creating"); err != nil || st != "available" {
+			t.Fatalf("managed volume %s: %q, %v; want available", id, st, err)
+		}
+		g, err := ctrl.CinderGET(ctx, "/volumes/"+id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if size := g["volume"].(map[string]any)["size"]; size != float64(2) {
+			t.Errorf("managed volume size %v, want 2 (1.5 GiB rounded up)", size)
+		}
+		b, err := vc.FindBacking(ctx, id)
+		if err != nil {
+			t.Fatalf("no backing for the managed volume: %v", err)
+		}
+		if b.Name != "volume-"+id || b.DiskCapacityKB != 3<<19 || !strings.HasSuffix(b.DiskPath, "] volume-"+id+"/volume-"+id+".vmdk") || b.DiskUUID != id {
+			t.Errorf("managed volume's backing %+v", b)
+		}
+		if _, err := vc.FindVMDisk(ctx, src.Ref, disk.String()); !errors.Is(err, vcenter.ErrNotFound) {
+			t.Errorf("the disk is still on its VM: %v", err)
+		}
+		if _, err := ctrl.CinderDELETE(ctx, "/volumes/"+id); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ctrl.CinderVolumeStatus(ctx, id, "deleting", "available"); err != nil || st != "deleted" {
+			t.Errorf("managed volume after delete: %q, %v", st, err)
+		}
+		if _, err := vc.GetBacking(ctx, b.Ref); !errors.Is(err, vcenter.ErrNotFound) {
+			t.Errorf("the managed volume's backing is left after delete: %v", err)
+		}
+	})
+
+	t.Run("unmanage", func(t *testing.T) {
+		id := newVolume(t, "vcagent-unmanage")
+		b, err := vc.FindBacking(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = vc.DeleteBacking(context.Background(), b.Ref) })
+		if _, err := ctrl.CinderPOST(ctx, "/volumes/"+id+"/action", map[string]any{"os-unmanage": nil}); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := ctrl.CinderVolumeStatus(ctx, id, "unmanaging", "available"); err != nil || st != "deleted" {
+			t.Fatalf("volume %s after unmanage: %q, %v; want it gone", id, st, err)
+		}
+		kept, err := vc.GetBacking(ctx, b.Ref)
+		if err != nil {
+			t.Fatalf("the unmanaged volume's backing is gone: %v", err)
+		}
+		if kept.VolumeID != "" || kept.InstanceUUID == id {
+			t.Errorf("unmanaged backing %+v still names volume %s", kept, id)
+		}
+		if _, err := vc.FindBacking(ctx, id); !errors.Is(err, vcenter.ErrNotFound) {
+			t.Errorf("the volume's backing is still found by its id: %v", err)
+		}
+	})
 }

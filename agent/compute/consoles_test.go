@@ -86,8 +86,8 @@ func managerHandlerKeys(t *testing.T) []string {
 }
 
 // TestRegisteredEveryComputeRPC6Method checks that every compute RPC 6.x
-// method is registered: by a line of Manager.Run's handler map, by
-// Endpoints' defaults, or as a pending method; and that the endpoint the
+// method is registered: by a line of Manager.Run's handler map or by
+// Endpoints' defaults; and that the endpoint the
 // manager builds serves each one (none gets oslo's NoSuchMethod).
 func TestRegisteredEveryComputeRPC6Method(t *testing.T) {
 	t.Parallel()
@@ -95,18 +95,15 @@ func TestRegisteredEveryComputeRPC6Method(t *testing.T) {
 	if len(explicit) < 10 {
 		t.Fatalf("handler map of manager.go not found: %v", explicit)
 	}
-	l := &lifecycle{}
 	handlers := map[string]rpc.Handler{}
 	for _, k := range explicit {
 		handlers[k] = func(context.Context, *rpc.Request) (any, error) { return nil, nil }
 	}
-	served := Endpoints(l.withPending(handlers))[0].Methods
+	served := Endpoints(handlers)[0].Methods
 	for _, name := range computeRPC6Methods {
 		t.Run(name, func(t *testing.T) {
 			switch {
 			case slices.Contains(explicit, name):
-			case slices.Contains(pendingMethods, name):
-				t.Logf("%s: pending (answers NotImplementedError through nova's decorators)", name)
 			case name == "get_host_uptime":
 			default:
 				t.Errorf("%s is not registered", name)
@@ -119,11 +116,6 @@ func TestRegisteredEveryComputeRPC6Method(t *testing.T) {
 	for name := range served {
 		if !slices.Contains(computeRPC6Methods, name) {
 			t.Errorf("%s is served but is no compute RPC 6.x method", name)
-		}
-	}
-	for _, name := range pendingMethods {
-		if slices.Contains(explicit, name) {
-			t.Logf("%s is registered and still listed as pending", name)
 		}
 	}
 }
@@ -451,8 +443,6 @@ func TestMiscHostAndDriverAnswers(t *testing.T) {
 	if _, err := l.InjectNetworkInfo(ctx, request(t, "inject_network_info", nil)); err != nil || hv.extra["machine.id"] != "" || hv.extra == nil {
 		t.Errorf("inject_network_info: %v, extraConfig %v", err, hv.extra)
 	}
-	_, err = l.pending("attach_volume")(ctx, request(t, "attach_volume", nil))
-	notImpl("pending attach_volume", err)
 }
 
 // TestMiscMachineID checks vmops._get_machine_id_str.

@@ -76,6 +76,11 @@ type lifecycle struct {
 	builds *buildLimit
 	vms    vmIndex    // instance uuid -> VM, from the VM watcher
 	known  spawnCache // what builds reuse: extension, folders, inventory
+	// events are the network-vif-plugged events builds wait for, when
+	// vifTimeout is set (nova's VMware driver waits for none).
+	events     instanceEvents
+	vifTimeout time.Duration
+	vifFatal   bool
 
 	consoles      *ConsoleConfig // nil: nova's defaults
 	snapshots     chan struct{}  // max_concurrent_snapshots, made on first use
@@ -88,6 +93,9 @@ type lifecycle struct {
 
 	// net is neutron (network.go); nil: no networks can be allocated.
 	net *networkAPI
+	// vols are the volume operations (volumes.go); nil: builds ignore
+	// volume BDMs.
+	vols *volumes
 }
 
 // buildLimit is nova's max_concurrent_builds: a semaphore the builds
@@ -400,7 +408,7 @@ func (l *lifecycle) BuildAndRunInstance(ctx context.Context, req *rpc.Request) (
 		if perr != nil {
 			zerolog.Ctx(ctx).Warn().Err(perr).Msg("requested_networks not understood; allocating as for none requested")
 		}
-		berr := l.build(ctx, rc, inst, a.Node, a.Image, reqNets, parseSecurityGroups(a.SecurityGroups))
+		berr := l.buildVolumes(ctx, rc, inst, a.Node, a.Image, reqNets, parseSecurityGroups(a.SecurityGroups), a.BlockDeviceMapping)
 		if berr == nil {
 			l.notify.instanceAction(ctx, rc, inst, "create", "create", "end", nil, map[string]any{"image_name": imageName, "message": "Success", "fixed_ips": legacyFixedIPs(inst)})
 			return nil
@@ -530,6 +538,11 @@ func (l *lifecycle) failBuild(ctx context.Context, rc rpc.Context, inst *ovo.Obj
 // build claims the instance for this host and node, goes through nova's
 // task states and spawns the VM.
 func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any, reqNets netRequests, secGroups []string) error {
+	return l.buildVolumes(ctx, rc, inst, node, image, reqNets, secGroups, nil)
+}
+
+// buildVolumes is build with the build's block_device_mapping (volumes.go).
+func (l *lifecycle) buildVolumes(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any, reqNets netRequests, secGroups []string, bdms json.RawMessage) error {
 	// The resource claim: the instance is on this host and node.
 	inst.SetString("host", l.host)
 	inst.SetString("node", node)
@@ -551,6 +564,10 @@ func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	if err := l.save(ctx, rc, inst, "networking"); err != nil {
 		return err
 	}
+	bvols, err := l.vols.prepBuildVolumes(ctx, rc, inst, bdms) // _prep_block_device (volumes.go)
+	if err != nil {
+		return err
+	}
 	inst.SetString("task_state", "spawning")
 	if err := l.save(ctx, rc, inst, "block_device_mapping"); err != nil {
 		return err
@@ -558,7 +575,8 @@ func (l *lifecycle) build(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	if nerr != nil {
 		return networkBuildError(inst.StringOrEmpty("uuid"), nerr)
 	}
-	if err := l.spawn(ctx, rc, inst, node, image); err != nil {
+	if err := l.spawnVolumes(ctx, rc, inst, node, image, bvols); err != nil {
+		l.vols.releaseBuildVolumes(ctx, rc, bvols)
 		if isNovaError(err, "InvalidInput") { // e.g. a VIF type the driver cannot plug
 			return networkBuildError(inst.StringOrEmpty("uuid"), err)
 		}
@@ -587,6 +605,12 @@ func (l *lifecycle) updateSchedulerInstanceInfo(ctx context.Context, rc rpc.Cont
 
 // spawn creates the VM as nova's vmops.spawn does.
 func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any) error {
+	return l.spawnVolumes(ctx, rc, inst, node, image, nil)
+}
+
+// spawnVolumes is spawn with the build's volumes (volumes.go): attached
+// before the VM is powered on, or the VM booted from its root volume.
+func (l *lifecycle) spawnVolumes(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any, bvols []buildVolume) error {
 	uuid := inst.StringOrEmpty("uuid")
 	moref, _, _ := strings.Cut(node, ".")
 	clusters, err := l.clusters(ctx)
@@ -613,6 +637,9 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 	vcpus, _ := flavor.Int("vcpus")
 	mem, _ := flavor.Int("memory_mb")
 	rootGB, _ := flavor.Int("root_gb")
+	if bootsFromVolume(inst, bvols) {
+		return l.vols.spawnFromVolume(ctx, inst, *cluster, ds, image, bvols)
+	}
 	if l.images == nil || l.cache == nil {
 		return fmt.Errorf("cannot spawn: glance is not configured (VCAGENT_AUTH_URL or VCAGENT_AUTH_TOKEN with VCAGENT_GLANCE_ENDPOINT)")
 	}
@@ -687,7 +714,18 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 		l.removeOrphanDir(ctx, cluster.Datacenter, dir, uuid)
 		return err
 	}
-	return l.hv.PowerOn(ctx, vm.Ref)
+	if err := l.vols.attachBuildVolumes(ctx, inst, ds.Ref, bvols); err != nil { // volumes.go
+		return err
+	}
+	if l.vifTimeout <= 0 {
+		return l.hv.PowerOn(ctx, vm.Ref)
+	}
+	wait := l.events.prepare(uuid, vifPluggedEvents(networkInfo(inst)))
+	if err := l.hv.PowerOn(ctx, vm.Ref); err != nil {
+		_, _ = wait(ctx, 0)
+		return err
+	}
+	return l.waitVIFsPlugged(ctx, uuid, wait)
 }
 
 // vncReserver gives VMs being created their VNC port (*vcenter.Session).

@@ -54,6 +54,12 @@ type Config struct {
 	// heal_instance_info_cache_interval: how often one instance's network
 	// info cache is rebuilt from neutron; 0 or less turns it off.
 	HealInstanceInfoCacheInterval time.Duration
+	// VIFPluggingTimeout, when positive, makes builds wait that long for
+	// neutron's network-vif-plugged events (nova's [DEFAULT]
+	// vif_plugging_timeout, which the VMware driver ignores: 0 keeps its
+	// behaviour); VIFPluggingIsFatal fails the build on a timeout.
+	VIFPluggingTimeout time.Duration
+	VIFPluggingIsFatal bool
 	// Notifications selects the notifications sent, as nova.conf does.
 	Notifications NotificationConfig
 	// Periodic configures nova-compute's periodic tasks (periodic.go).
@@ -142,14 +148,16 @@ func NewManager(cfg Config, tr *rpc.Transport, deps Deps, onConsuming func(bool)
 		},
 		life: &lifecycle{cond: cond, hv: deps.Hypervisor, images: deps.Images, cache: deps.Cache, pl: placement,
 			sched: sched, tasks: tasks, host: cfg.Host, ds: cfg.DatastoreRegex, log: log,
-			notify: newNotifier(tr, cfg.Exchange, cfg.Host, cfg.Notifications),
-			builds: newBuildLimit(cfg.MaxConcurrentBuilds)},
+			notify:     newNotifier(tr, cfg.Exchange, cfg.Host, cfg.Notifications),
+			builds:     newBuildLimit(cfg.MaxConcurrentBuilds),
+			vifTimeout: cfg.VIFPluggingTimeout, vifFatal: cfg.VIFPluggingIsFatal},
 		scheduler:   sched,
 		log:         log,
 		onConsuming: onConsuming,
 	}
 	m.rt.vmsOn = m.life.vms.countOn
 	m.vols = &volumes{lifecycle: m.life, api: deps.Volumes, connectorIP: cfg.VCenterHost}
+	m.life.vols = m.vols
 	if deps.Network != nil {
 		m.life.net = &networkAPI{client: deps.Network}
 	}
@@ -192,7 +200,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	srv, err := m.tr.NewServer(rpc.ServerConfig{
 		Target: rpc.Target{Exchange: m.cfg.Exchange, Topic: Topic, Server: m.cfg.Host},
-		Endpoints: Endpoints(m.life.withPending(map[string]rpc.Handler{
+		Endpoints: Endpoints(map[string]rpc.Handler{
 			"build_and_run_instance":        m.life.BuildAndRunInstance,
 			"stop_instance":                 m.life.StopInstance,
 			"start_instance":                m.life.StartInstance,
@@ -224,6 +232,7 @@ func (m *Manager) Run(ctx context.Context) error {
 			"volume_snapshot_create":        m.life.driverNotImplemented("volume_snapshot_create"),
 			"volume_snapshot_delete":        m.life.driverNotImplemented("volume_snapshot_delete"),
 			"live_migration_force_complete": m.life.LiveMigrationForceComplete,
+			"live_migration_abort":          m.life.LiveMigrationAbort,
 			"soft_delete_instance":          m.life.SoftDeleteInstance,
 			"restore_instance":              m.life.RestoreInstance,
 			"suspend_instance":              m.life.SuspendInstance,
@@ -233,6 +242,8 @@ func (m *Manager) Run(ctx context.Context) error {
 			"rebuild_instance":              m.life.RebuildInstance,
 			"attach_interface":              m.life.AttachInterface,
 			"detach_interface":              m.life.DetachInterface,
+			"add_fixed_ip_to_instance":      m.life.AddFixedIPToInstance,      // fixedip.go
+			"remove_fixed_ip_from_instance": m.life.RemoveFixedIPFromInstance, // fixedip.go
 
 			// volumes (volumes.go)
 			"reserve_block_device_name": m.vols.ReserveBlockDeviceName,
@@ -243,6 +254,7 @@ func (m *Manager) Run(ctx context.Context) error {
 
 			// snapshot and shelve (snapshot.go, shelve.go)
 			"snapshot_instance":       m.life.SnapshotInstance,
+			"backup_instance":         m.life.BackupInstance, // backup.go
 			"shelve_instance":         m.life.ShelveInstance,
 			"shelve_offload_instance": m.life.ShelveOffloadInstance,
 			"unshelve_instance":       m.life.UnshelveInstance,
@@ -260,7 +272,16 @@ func (m *Manager) Run(ctx context.Context) error {
 			"live_migration":                         m.life.LiveMigration,
 			"post_live_migration_at_destination":     m.life.PostLiveMigrationAtDestination,
 			"rollback_live_migration_at_destination": m.life.RollbackLiveMigrationAtDestination,
-		})),
+			"drop_move_claim_at_destination":         m.life.DropMoveClaimAtDestination,
+
+			// cross-cell resize (crosscell.go)
+			"prep_snapshot_based_resize_at_dest":            m.life.PrepSnapshotBasedResizeAtDest,
+			"prep_snapshot_based_resize_at_source":          m.life.PrepSnapshotBasedResizeAtSource,
+			"finish_snapshot_based_resize_at_dest":          m.life.FinishSnapshotBasedResizeAtDest,
+			"confirm_snapshot_based_resize_at_source":       m.life.ConfirmSnapshotBasedResizeAtSource,
+			"revert_snapshot_based_resize_at_dest":          m.life.RevertSnapshotBasedResizeAtDest,
+			"finish_revert_snapshot_based_resize_at_source": m.life.FinishRevertSnapshotBasedResizeAtSource,
+		}),
 		DrainTimeout: m.cfg.DrainTimeout,
 		OnConsuming:  m.onConsuming,
 		Observer:     m.cfg.RPCObserver,

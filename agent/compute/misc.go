@@ -186,6 +186,10 @@ func (l *lifecycle) ExternalInstanceEvent(ctx context.Context, req *rpc.Request)
 		log := zerolog.Ctx(ctx).With().Str("instance_uuid", ev.uuid).Str("event", key).Logger()
 		ectx := log.WithContext(ctx)
 		log.Debug().Msg("Received event")
+		if ev.name == "network-vif-plugged" && l.events.deliver(ev.uuid, key) {
+			log.Debug().Msg("event delivered to the build waiting for it")
+			continue
+		}
 		switch ev.name {
 		case "network-changed":
 			l.networkChanged(ectx, req.Context, inst, ev.tag)
@@ -603,6 +607,64 @@ func (l *lifecycle) LiveMigrationForceComplete(ctx context.Context, req *rpc.Req
 		})
 }
 
+// LiveMigrationAbort is live_migration_abort (a cast; @wrap_exception,
+// @wrap_instance_event, @wrap_instance_fault, and no instance lock, so
+// that it runs beside the migration): live.migration.abort.start, then,
+// since the agent queues no live migration (nova's
+// _waiting_live_migrations is empty once _do_live_migration started), the
+// migration is read: one that is not running is InvalidMigrationState;
+// a running one reaches the VMware driver, which has no
+// live_migration_abort (NotImplementedError).
+func (l *lifecycle) LiveMigrationAbort(ctx context.Context, req *rpc.Request) (any, error) {
+	var a struct {
+		MigrationID int64 `json:"migration_id"`
+	}
+	if err := req.DecodeArgs(&a); err != nil {
+		return nil, err
+	}
+	inst, err := l.instanceArg(req)
+	if err != nil {
+		return nil, err
+	}
+	uuid := inst.StringOrEmpty("uuid")
+	ctx = zerolog.Ctx(ctx).With().Str("instance_uuid", uuid).Logger().WithContext(ctx)
+	rc := req.Context
+	const event = "compute_live_migration_abort"
+	if err := l.eventStart(ctx, rc, uuid, event); err != nil {
+		return nil, err
+	}
+	err = func() error {
+		l.loadFlavor(ctx, rc, inst)
+		l.notify.instanceAction(ctx, rc, inst, "live.migration.abort", "live_migration_abort", "start", nil, nil)
+		v, err := l.cond.ClassAction(ctx, rc, "Migration", "get_by_id", []any{a.MigrationID}, nil)
+		if err != nil {
+			return err
+		}
+		status := "None"
+		if mig, ok := v.(*ovo.Object); ok && mig != nil {
+			status = nullableString(mig, "status")
+		}
+		if status != "running" {
+			return novaError("InvalidMigrationState", fmt.Sprintf("Migration %d state of instance %s is %s. Cannot abort live migration while the migration is in this state.", a.MigrationID, uuid, status), 400,
+				map[string]any{"migration_id": a.MigrationID, "instance_uuid": uuid, "state": status, "method": "abort live migration"})
+		}
+		return rpc.BuiltinError("NotImplementedError", "")
+	}()
+	if err != nil {
+		zerolog.Ctx(ctx).Error().Err(err).Msg("live_migration_abort failed")
+		if !isRemote(err, "InstanceNotFound") {
+			l.recordCodedFault(ctx, rc, inst, err)
+		}
+	}
+	l.eventFinish(ctx, rc, uuid, event, err)
+	if err != nil {
+		l.notify.exception(ctx, rc, "live_migration_abort", l.exceptionArgs(req, inst), err)
+		return nil, err
+	}
+	l.notify.instanceAction(ctx, rc, inst, "live.migration.abort", "live_migration_abort", "end", nil, nil)
+	return nil, nil
+}
+
 // vmPowerState is nova's _get_power_state: the VM's power state, NOSTATE
 // when it is gone.
 func (l *lifecycle) vmPowerState(ctx context.Context, inst *ovo.Object) int64 {
@@ -651,49 +713,4 @@ func (l *lifecycle) RestoreInstance(ctx context.Context, req *rpc.Request) (any,
 			setStates(inst, "active", nil, l.vmPowerState(ctx, inst))
 			return l.save(ctx, req.Context, inst, "restoring")
 		})
-}
-
-// pendingMethods are the compute RPC 6.x methods the agent does not carry
-// out yet (volumes, interfaces, snapshots, resize, migrations, shelve,
-// fixed IPs). Each answers through nova's decorators as if the driver
-// raised NotImplementedError: the instance fault, the task state reverted,
-// the exception notifications, and the error as the reply of a call (the
-// API's HTTP 501). nova-compute with the VMware driver does these; the
-// answer only keeps the instance from hanging in its task state.
-var pendingMethods = []string{ //nolint:gochecknoglobals // a table
-	"add_fixed_ip_to_instance", "backup_instance",
-	"confirm_snapshot_based_resize_at_source",
-	"drop_move_claim_at_destination",
-	"finish_revert_snapshot_based_resize_at_source",
-	"finish_snapshot_based_resize_at_dest", "live_migration_abort",
-	"prep_snapshot_based_resize_at_dest", "prep_snapshot_based_resize_at_source",
-	"remove_fixed_ip_from_instance",
-	"revert_snapshot_based_resize_at_dest",
-}
-
-// pending is the stopgap handler of a pending method.
-func (l *lifecycle) pending(method string) rpc.Handler {
-	return func(ctx context.Context, req *rpc.Request) (any, error) {
-		return l.instanceCall(ctx, req, method, func(ctx context.Context, inst *ovo.Object) (any, error) {
-			zerolog.Ctx(ctx).Error().Str("method", method).Msg("compute method not implemented by the agent yet")
-			if t, ok := inst.Get("task_state"); ok && t != nil {
-				l.revertTask(ctx, req.Context, inst)
-			}
-			return nil, rpc.BuiltinError("NotImplementedError", method+" is not implemented by vcagent yet")
-		})
-	}
-}
-
-// withPending returns handlers with a pending handler added for every
-// pending method it lacks, so that no compute RPC 6.x method gets oslo's
-// NoSuchMethod, which nova-compute never answers for them.
-func (l *lifecycle) withPending(handlers map[string]rpc.Handler) map[string]rpc.Handler {
-	out := make(map[string]rpc.Handler, len(handlers)+len(pendingMethods))
-	for _, name := range pendingMethods {
-		out[name] = l.pending(name)
-	}
-	for name, h := range handlers {
-		out[name] = h
-	}
-	return out
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/vcagent/vcagent/agent/cloud"
@@ -54,6 +55,10 @@ func (m *Manager) endpoint() rpc.Endpoint {
 	h["accept_transfer"] = m.acceptTransfer
 	h["create_snapshot"] = m.withWorker("snapshot", "Snapshot", "snapshots", m.createSnapshot)
 	h["delete_snapshot"] = m.deleteSnapshot
+	h["do_cleanup"] = m.doCleanupRPC
+	h["revert_to_snapshot"] = m.revertToSnapshot
+	h["retype"] = m.retype
+	h["manage_existing"] = m.manageExisting
 	return rpc.Endpoint{Version: RPCVersion, Methods: h}
 }
 
@@ -176,7 +181,10 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 		err = m.bootableFromImage(ctx, vol.str("id"), *image)
 	}
 	if err != nil {
-		return m.createFailed(ctx, req, vol, err)
+		// only the driver's create_volume (a volume from nothing, its
+		// type's specs verified there too) records a user message
+		raw := imageID == "" && vol.str("snapshot_id") == "" && vol.str("source_volid") == ""
+		return m.createFailed(ctx, req, vol, err, raw)
 	}
 	now := utcNow()
 	res, err := m.db.ExecContext(ctx, "UPDATE volumes SET status = 'available', launched_at = ?, updated_at = ?, service_uuid = ?, shared_targets = 0 WHERE id = ? AND deleted = 0",
@@ -200,12 +208,15 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 
 // createFailed sets the volume in error, as the create flow does when the
 // driver fails and it cannot reschedule.
-func (m *Manager) createFailed(ctx context.Context, req *rpc.Request, vol objectPrimitive, cause error) (any, error) {
+func (m *Manager) createFailed(ctx context.Context, req *rpc.Request, vol objectPrimitive, cause error, raw bool) (any, error) {
 	m.log.Error().Str("volume_id", vol.str("id")).Err(cause).Msg("create_volume failed")
 	if _, err := m.db.ExecContext(ctx, "UPDATE volumes SET status = 'error', updated_at = ? WHERE id = ? AND deleted = 0", utcNow(), vol.str("id")); err != nil {
 		m.log.Error().Err(err).Msg("cannot set the volume's status to error")
 	}
-	m.userMessage(ctx, req.Context, "VOLUME", vol.str("id"), "008", detailUnknownError)
+	if raw {
+		// _create_raw_volume: CREATE_VOLUME_FROM_BACKEND, DRIVER_FAILED_CREATE
+		m.userMessage(ctx, req.Context, "VOLUME", vol.str("id"), actionCreateFromBackend, detailDriverFailedCreate)
+	}
 	vol.Data["status"] = json.RawMessage(`"error"`)
 	m.notify(ctx, req.Context, "volume.create.error", vol, nil)
 	var re *rpc.RemoteError
@@ -215,12 +226,7 @@ func (m *Manager) createFailed(ctx context.Context, req *rpc.Request, vol object
 	return nil, backendError("create volume", cause)
 }
 
-// deleteVolume is cinder's delete_volume for a volume without a backing
-// (every volume the role creates has none yet): the quota released
-// (QUOTAS.reserve of minus the volume and its size, per volume type too,
-// then commit, done as the net change of quota_usages) and the row
-// destroyed (volume_destroy: soft-deleted with status deleted, with its
-// metadata rows).
+// deleteVolume is cinder's delete_volume RPC: see deleteVolumeObject.
 func (m *Manager) deleteVolume(ctx context.Context, req *rpc.Request) (any, error) {
 	var args struct {
 		Volume       objectPrimitive `json:"volume"`
@@ -230,33 +236,120 @@ func (m *Manager) deleteVolume(ctx context.Context, req *rpc.Request) (any, erro
 	if err := req.DecodeArgs(&args); err != nil {
 		return nil, err
 	}
-	vol := args.Volume
+	return nil, m.deleteVolumeObject(ctx, req.Context, args.Volume, args.UnmanageOnly, args.Cascade)
+}
+
+// deleteVolumeObject is cinder's VolumeManager.delete_volume: a volume
+// gone already is nothing to do; an attached one fails (VolumeAttached);
+// with cascade the volume's snapshots (all in deleting, or the volume is
+// error_deleting) go first; the backing, if any, is deleted (unmanage
+// leaves it), the quota released (QUOTAS.reserve of minus the volume and
+// its size, per volume type too, then commit, done as the net change of
+// quota_usages) and the row destroyed (volume_destroy: soft-deleted with
+// status deleted, with its metadata rows). A driver failure leaves the
+// volume error_deleting (error_unmanaging).
+func (m *Manager) deleteVolumeObject(ctx context.Context, rc rpc.Context, vol objectPrimitive, unmanageOnly, cascade bool) error {
 	id := vol.str("id")
 	log := m.log.With().Str("volume_id", id).Logger()
+	var attachStatus, encKey sql.NullString
+	var deleted bool
+	err := m.db.QueryRowContext(ctx, "SELECT attach_status, encryption_key_id, COALESCE(deleted, 0) FROM volumes WHERE id = ?", id).Scan(&attachStatus, &encKey, &deleted)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && deleted {
+		log.Debug().Msg("attempted delete of non-existent volume")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case attachStatus.String == "attached":
+		return cinderError("VolumeAttached", fmt.Sprintf("Volume %s is still attached, detach volume first.", id))
+	case unmanageOnly && encKey.Valid:
+		return cinderError("Invalid", "Unacceptable parameters: Unmanaging encrypted volumes is not supported.")
+	case unmanageOnly && cascade:
+		return cinderError("Invalid", "Unacceptable parameters: Unmanage and cascade delete options are mutually exclusive.")
+	}
 	event := "volume.delete"
-	if args.UnmanageOnly {
+	if unmanageOnly {
 		event = "volume.unmanage"
 	}
-	m.notify(ctx, req.Context, event+".start", vol, nil)
-	var err error
-	if !args.UnmanageOnly && m.drv != nil {
-		err = m.drv.deleteVolume(ctx, id)
-	}
-	if err == nil {
-		err = m.destroyVolume(ctx, vol)
+	m.notify(ctx, rc, event+".start", vol, nil)
+	err = m.needDriver()
+	if err == nil && unmanageOnly {
+		err = m.drv.unmanage(ctx, id)
+	} else if err == nil {
+		if cascade {
+			err = m.deleteSnapshotsOf(ctx, rc, id)
+		}
+		if err == nil {
+			err = m.drv.deleteVolume(ctx, id)
+		}
 	}
 	if err != nil {
 		log.Error().Err(err).Msg("delete_volume failed")
-		if _, uerr := m.db.ExecContext(ctx, "UPDATE volumes SET status = 'error_deleting', updated_at = ? WHERE id = ? AND deleted = 0", utcNow(), id); uerr != nil {
-			log.Error().Err(uerr).Msg("cannot set the volume's status to error_deleting")
+		status := "error_deleting"
+		if unmanageOnly {
+			status = "error_unmanaging"
 		}
-		return nil, err
+		if _, uerr := m.db.ExecContext(ctx, "UPDATE volumes SET status = ?, updated_at = ? WHERE id = ? AND deleted = 0", status, utcNow(), id); uerr != nil {
+			log.Error().Err(uerr).Msgf("cannot set the volume's status to %s", status)
+		}
+		return err
+	}
+	if err := m.destroyVolume(ctx, vol); err != nil {
+		log.Error().Err(err).Msg("delete_volume: cannot record it in cinder's database")
+		return err
 	}
 	vol.Data["status"] = json.RawMessage(`"deleted"`)
-	m.notify(ctx, req.Context, event+".end", vol, nil)
-	log.Info().Msg("volume deleted")
+	m.notify(ctx, rc, event+".end", vol, nil)
+	if unmanageOnly {
+		log.Info().Msg("unmanaged volume successfully")
+	} else {
+		log.Info().Msg("volume deleted")
+	}
 	m.triggerReport()
-	return nil, nil
+	return nil
+}
+
+// deleteSnapshotsOf is delete_volume's cascade: every snapshot of the
+// volume must be deleting (else the volume is error_deleting and
+// InvalidSnapshot raised), and each is deleted as delete_snapshot does.
+func (m *Manager) deleteSnapshotsOf(ctx context.Context, rc rpc.Context, volumeID string) error {
+	rows, err := m.db.QueryContext(ctx, "SELECT id, status FROM snapshots WHERE volume_id = ? AND deleted = 0", volumeID)
+	if err != nil {
+		return err
+	}
+	type snap struct{ id, status string }
+	var snaps []snap
+	for rows.Next() {
+		var s snap
+		var st sql.NullString
+		if err := rows.Scan(&s.id, &st); err != nil {
+			rows.Close()
+			return err
+		}
+		s.status = st.String
+		snaps = append(snaps, s)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if s.status != "deleting" {
+			return cinderError("InvalidSnapshot", fmt.Sprintf("Invalid snapshot: Snapshot %s was found in state %s rather than 'deleting' during cascade delete.", s.id, s.status))
+		}
+	}
+	for _, s := range snaps {
+		obj, err := m.snapshotObject(ctx, s.id)
+		if err != nil {
+			return err
+		}
+		if err := m.deleteSnapshotObject(ctx, rc, obj, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (m *Manager) destroyVolume(ctx context.Context, vol objectPrimitive) error {
@@ -335,7 +428,7 @@ func (m *Manager) notify(ctx context.Context, rc rpc.Context, event string, vol 
 		volHost = m.backendHost
 	}
 	publisher := m.backendHost
-	if len(event) > 14 && event[:14] == "volume.create." {
+	if strings.HasPrefix(event, "volume.create.") || strings.HasPrefix(event, "volume.manage_existing.") {
 		publisher = volHost
 	}
 	payload := map[string]any{

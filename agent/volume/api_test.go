@@ -77,10 +77,10 @@ func TestEveryMethodAnswered(t *testing.T) {
 			t.Errorf("%s is not a VolumeAPI method", name)
 		}
 	}
-	_, err := ep.Methods["retype"](context.Background(), &rpc.Request{Method: "retype", Version: "3.5"})
+	_, err := ep.Methods["migrate_volume"](context.Background(), &rpc.Request{Method: "migrate_volume", Version: "3.5"})
 	var re *rpc.RemoteError
 	if !errors.As(err, &re) || re.Class != "NotImplementedError" || re.Module != "builtins" {
-		t.Fatalf("retype: %v, want builtins.NotImplementedError", err)
+		t.Fatalf("migrate_volume: %v, want builtins.NotImplementedError", err)
 	}
 }
 

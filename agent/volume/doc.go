@@ -11,7 +11,13 @@
 // (initialize_connection, attachment_update), next to the connector's
 // instance. Extend, snapshots (templates in Volumes/Snapshots), volumes
 // from snapshots, clones (full or linked), volumes from vmdk images, uploads
-// to glance (streamOptimized) and transfers work on the backings; the
-// database writes, quota, workers rows, user messages and notifications
-// are cinder-volume's own.
+// to glance (streamOptimized), transfers, retype (disk type: relocate or
+// clone), manage_existing (a VM's disk adopted as a backing's disk),
+// unmanage (the backing kept, no longer naming the volume) and
+// revert_to_snapshot (refused for the driver's template snapshots, as the
+// driver does) work on the backings; the database writes, quota, workers
+// rows, user messages and notifications are cinder-volume's own. At start
+// the role runs cinder-volume's init_host clean-up of its own workers rows
+// (volumes and snapshots left creating: error; a delete left under way:
+// resumed), and do_cleanup for the API's POST /workers/cleanup.
 package volume

@@ -132,6 +132,9 @@ type Manager struct {
 	serviceID  int64 // the services row's id, once registered
 	lastCaps   map[string]any
 	reportNow  chan struct{}
+	// bg tracks the start-up clean-up and the deletes it resumed; Run
+	// waits for them before closing the database.
+	bg sync.WaitGroup
 }
 
 // NewManager builds the volume role; it opens (but does not yet reach)
@@ -239,6 +242,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	case err = <-errs:
 	}
 	wg.Wait()
+	m.bg.Wait()
 	return err
 }
 
@@ -274,6 +278,7 @@ func (m *Manager) runHeartbeats(ctx context.Context) {
 }
 
 func (m *Manager) beat(ctx context.Context) error {
+	runCtx := ctx
 	ctx, cancel := context.WithTimeout(ctx, max(m.cfg.ReportInterval, 5*time.Second))
 	defer cancel()
 	m.mu.Lock()
@@ -298,6 +303,12 @@ func (m *Manager) beat(ctx context.Context) error {
 		Msg("registered the cinder-volume service")
 	if first {
 		m.triggerReport()
+		// init_host: clean up what a previous run left under way
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			m.initHostCleanup(runCtx)
+		}()
 	}
 	return nil
 }

@@ -26,15 +26,18 @@ func backendError(what string, err error) *rpc.RemoteError {
 
 // User message ids (cinder/message/message_field.py).
 const (
-	actionUpdateAttachment = "004"
-	actionExtendVolume     = "007"
-	actionSnapshotCreate   = "009"
-	actionSnapshotDelete   = "010"
-	detailUnknownError     = "001"
-	detailDriverFailedExt  = "010"
-	detailSnapshotCreate   = "013"
-	detailSnapshotDelete   = "016"
-	messageTTL             = 2592000 * time.Second
+	actionUpdateAttachment     = "004"
+	actionCreateFromBackend    = "008"
+	detailDriverFailedCreate   = "012"
+	actionExtendVolume         = "007"
+	actionSnapshotCreate       = "009"
+	actionSnapshotDelete       = "010"
+	detailUnknownError         = "001"
+	detailDriverNotInitialized = "002"
+	detailDriverFailedExt      = "010"
+	detailSnapshotCreate       = "013"
+	detailSnapshotDelete       = "016"
+	messageTTL                 = 2592000 * time.Second
 )
 
 // userMessage records a failure for the user, as cinder's message API
@@ -466,6 +469,12 @@ func (m *Manager) attachmentUpdate(ctx context.Context, req *rpc.Request) (any, 
 		args.Connector["mode"] = mode
 	}
 	if err := m.needDriver(); err != nil {
+		// require_driver_initialized failing: UPDATE_ATTACHMENT with the
+		// detail of DriverNotInitialized, the attachment error_attaching
+		m.userMessage(ctx, req.Context, "VOLUME", id, actionUpdateAttachment, detailDriverNotInitialized)
+		if _, uerr := m.db.ExecContext(ctx, "UPDATE volume_attachment SET attach_status = 'error_attaching', updated_at = ? WHERE id = ?", utcNow(), args.AttachmentID); uerr != nil {
+			log.Error().Err(uerr).Msg("cannot set the attachment's status to error_attaching")
+		}
 		return nil, err
 	}
 	info, err := m.connect(ctx, vol, args.Connector)
@@ -541,10 +550,17 @@ func (m *Manager) createSnapshot(ctx context.Context, req *rpc.Request) (any, er
 	if err := req.DecodeArgs(&args); err != nil {
 		return nil, err
 	}
-	snap := args.Snapshot
+	if err := m.createSnapshotObject(ctx, req.Context, args.Snapshot); err != nil {
+		return nil, err
+	}
+	return args.Snapshot.str("id"), nil
+}
+
+// createSnapshotObject is create_snapshot's work on a snapshot object.
+func (m *Manager) createSnapshotObject(ctx context.Context, rc rpc.Context, snap objectPrimitive) error {
 	id := snap.str("id")
 	log := m.log.With().Str("snapshot_id", id).Logger()
-	m.notifySnapshot(ctx, req.Context, "snapshot.create.start", snap)
+	m.notifySnapshot(ctx, rc, "snapshot.create.start", snap)
 	var volRaw objectPrimitive
 	if raw, ok := snap.Data["volume"]; ok {
 		_ = json.Unmarshal(raw, &volRaw)
@@ -568,20 +584,20 @@ func (m *Manager) createSnapshot(ctx context.Context, req *rpc.Request) (any, er
 		if _, uerr := m.db.ExecContext(ctx, "UPDATE snapshots SET status = 'error', updated_at = ? WHERE id = ?", utcNow(), id); uerr != nil {
 			log.Error().Err(uerr).Msg("cannot set the snapshot's status to error")
 		}
-		m.userMessage(ctx, req.Context, "VOLUME_SNAPSHOT", id, actionSnapshotCreate, detailSnapshotCreate)
-		return nil, err
+		m.userMessage(ctx, rc, "VOLUME_SNAPSHOT", id, actionSnapshotCreate, detailSnapshotCreate)
+		return err
 	}
 	var encKey sql.NullString
 	_ = m.db.QueryRowContext(ctx, "SELECT encryption_key_id FROM volumes WHERE id = ?", snap.str("volume_id")).Scan(&encKey)
 	if _, err := m.db.ExecContext(ctx, "UPDATE snapshots SET status = 'available', progress = '100%', provider_location = ?, encryption_key_id = ?, updated_at = ? WHERE id = ?",
 		nullIfEmpty(location), encKey, utcNow(), id); err != nil {
 		log.Error().Err(err).Msg("create snapshot: cannot record it in cinder's database")
-		return nil, err
+		return err
 	}
 	snap.Data["status"] = json.RawMessage(`"available"`)
-	m.notifySnapshot(ctx, req.Context, "snapshot.create.end", snap)
+	m.notifySnapshot(ctx, rc, "snapshot.create.end", snap)
 	log.Info().Str("provider_location", location).Msg("create snapshot completed successfully")
-	return id, nil
+	return nil
 }
 
 // deleteSnapshot is cinder's delete_snapshot: the template removed, the
@@ -595,12 +611,16 @@ func (m *Manager) deleteSnapshot(ctx context.Context, req *rpc.Request) (any, er
 	if err := req.DecodeArgs(&args); err != nil {
 		return nil, err
 	}
-	snap := args.Snapshot
+	return nil, m.deleteSnapshotObject(ctx, req.Context, args.Snapshot, args.UnmanageOnly)
+}
+
+// deleteSnapshotObject is delete_snapshot's work on a snapshot object.
+func (m *Manager) deleteSnapshotObject(ctx context.Context, rc rpc.Context, snap objectPrimitive, unmanageOnly bool) error {
 	id := snap.str("id")
 	log := m.log.With().Str("snapshot_id", id).Logger()
-	m.notifySnapshot(ctx, req.Context, "snapshot.delete.start", snap)
+	m.notifySnapshot(ctx, rc, "snapshot.delete.start", snap)
 	err := m.needDriver()
-	if err == nil && !args.UnmanageOnly {
+	if err == nil && !unmanageOnly {
 		var loc sql.NullString
 		if err = m.db.QueryRowContext(ctx, "SELECT provider_location FROM snapshots WHERE id = ?", id).Scan(&loc); err == nil {
 			err = m.drv.deleteSnapshot(ctx, loc.String)
@@ -611,17 +631,17 @@ func (m *Manager) deleteSnapshot(ctx context.Context, req *rpc.Request) (any, er
 		if _, uerr := m.db.ExecContext(ctx, "UPDATE snapshots SET status = 'error_deleting', updated_at = ? WHERE id = ?", utcNow(), id); uerr != nil {
 			log.Error().Err(uerr).Msg("cannot set the snapshot's status to error_deleting")
 		}
-		m.userMessage(ctx, req.Context, "VOLUME_SNAPSHOT", id, actionSnapshotDelete, detailSnapshotDelete)
-		return nil, err
+		m.userMessage(ctx, rc, "VOLUME_SNAPSHOT", id, actionSnapshotDelete, detailSnapshotDelete)
+		return err
 	}
 	if err := m.destroySnapshot(ctx, id); err != nil {
 		log.Error().Err(err).Msg("delete snapshot: cannot record it in cinder's database")
-		return nil, err
+		return err
 	}
 	snap.Data["status"] = json.RawMessage(`"deleted"`)
-	m.notifySnapshot(ctx, req.Context, "snapshot.delete.end", snap)
+	m.notifySnapshot(ctx, rc, "snapshot.delete.end", snap)
 	log.Info().Msg("delete snapshot completed successfully")
-	return nil, nil
+	return nil
 }
 
 // destroySnapshot releases the snapshot's quota and soft-deletes it with

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/vcagent/vcagent/drivers/vcenter"
+	"github.com/vcagent/vcagent/rpc"
 )
 
 // VCenter is what the VMDK driver uses of the vCenter session
@@ -32,6 +34,16 @@ type VCenter interface {
 	InventoryPath(ctx context.Context, ref vcenter.Ref) (string, error)
 	FindByInventoryPath(ctx context.Context, path string) (vcenter.Ref, error)
 	MoveBacking(ctx context.Context, vm, folder vcenter.Ref) error
+	RevertBackingSnapshot(ctx context.Context, snap vcenter.Ref) error
+	ReleaseBacking(ctx context.Context, ref vcenter.Ref, newInstanceUUID string) error
+	RelocateBacking(ctx context.Context, ref, datastore, pool, host vcenter.Ref, diskType string) error
+	RenameBacking(ctx context.Context, ref vcenter.Ref, name string) error
+	SetBackingVolumeID(ctx context.Context, ref vcenter.Ref, volumeID string) error
+	FindVMDisk(ctx context.Context, vm vcenter.Ref, vmdkPath string) (vcenter.VMDisk, error)
+	DetachVMDisk(ctx context.Context, vm vcenter.Ref, key int32) error
+	MakeDirectory(ctx context.Context, dc string, p vcenter.DatastorePath) error
+	MoveVirtualDisk(ctx context.Context, dc string, src, dst vcenter.DatastorePath) error
+	VirtualDiskCapacityKB(ctx context.Context, dc string, p vcenter.DatastorePath) (int64, error)
 }
 
 // errNoDatastore is the driver's NoValidDatastoreException.
@@ -464,4 +476,119 @@ func (d *vmdkDriver) acceptTransfer(ctx context.Context, volumeID, newProject st
 		return err
 	}
 	return d.vc.MoveBacking(ctx, b.Ref, folder)
+}
+
+// unmanage is the driver's unmanage: the backing, if any, stays but no
+// longer names the volume.
+func (d *vmdkDriver) unmanage(ctx context.Context, volumeID string) error {
+	b, ok, err := d.findBacking(ctx, volumeID)
+	if err != nil || !ok {
+		return err
+	}
+	return d.vc.ReleaseBacking(ctx, b.Ref, newUUID())
+}
+
+// existingDisk is the driver's _get_existing: source-name
+// "<vmdk path>@<VM inventory path>" names a disk of a VM.
+func (d *vmdkDriver) existingDisk(ctx context.Context, existingRef map[string]any) (vcenter.Ref, vcenter.VMDisk, error) {
+	src, _ := existingRef["source-name"].(string)
+	if src == "" {
+		return vcenter.Ref{}, vcenter.VMDisk{}, cinderError("InvalidInput", "Invalid input received: source-name cannot be empty.")
+	}
+	parts := strings.Split(src, "@")
+	if len(parts) != 2 {
+		return vcenter.Ref{}, vcenter.VMDisk{}, cinderError("InvalidInput", "Invalid input received: source-name format should be: 'vmdk_path@vm_inventory_path'.")
+	}
+	invalid := func() error {
+		return &rpc.RemoteError{Class: "ManageExistingInvalidReference", Module: "cinder.exception",
+			Message: fmt.Sprintf("Manage existing volume failed due to invalid backend reference {'source-name': '%s'}: %s does not exist.", src, src),
+			Kwargs:  map[string]any{"existing_ref": existingRef, "reason": src + " does not exist."}}
+	}
+	vm, err := d.vc.FindByInventoryPath(ctx, parts[1])
+	if errors.Is(err, vcenter.ErrNotFound) {
+		return vcenter.Ref{}, vcenter.VMDisk{}, invalid()
+	}
+	if err != nil {
+		return vcenter.Ref{}, vcenter.VMDisk{}, err
+	}
+	disk, err := d.vc.FindVMDisk(ctx, vm, parts[0])
+	if errors.Is(err, vcenter.ErrNotFound) {
+		return vcenter.Ref{}, vcenter.VMDisk{}, invalid()
+	}
+	if err == nil && disk.CapacityKB == 0 {
+		// a device without its capacity (govmomi's simulator): the
+		// descriptor has it
+		disk.CapacityKB, err = d.descriptorCapacityKB(ctx, vm, disk.FileName)
+	}
+	return vm, disk, err
+}
+
+// descriptorCapacityKB reads a disk's capacity from its descriptor.
+func (d *vmdkDriver) descriptorCapacityKB(ctx context.Context, vm vcenter.Ref, file string) (int64, error) {
+	info, err := d.vc.GetVM(ctx, vm)
+	if err != nil {
+		return 0, err
+	}
+	dc, err := d.datacenterOf(ctx, info.Host)
+	if err != nil {
+		return 0, err
+	}
+	p, err := vcenter.ParseDatastorePath(file)
+	if err != nil {
+		return 0, err
+	}
+	return d.vc.VirtualDiskCapacityKB(ctx, dc, p)
+}
+
+// manageExistingGetSize is the driver's manage_existing_get_size: the
+// disk's capacity rounded up to whole GiB.
+func (d *vmdkDriver) manageExistingGetSize(ctx context.Context, existingRef map[string]any) (int64, error) {
+	_, disk, err := d.existingDisk(ctx, existingRef)
+	if err != nil {
+		return 0, err
+	}
+	return (disk.CapacityKB + 1<<20 - 1) >> 20, nil
+}
+
+// manageExisting is the driver's manage_existing: the disk is detached
+// from its VM, moved to [ds] volume-<id>/volume-<id>.vmdk on the
+// datastore chosen for the volume and becomes the disk of the volume's
+// new backing (the driver creates the backing disk-less, moves the disk
+// into its directory and attaches it; here the backing is created with
+// the disk, the same end state in fewer calls).
+func (d *vmdkDriver) manageExisting(ctx context.Context, v volumeSpec, existingRef map[string]any) error {
+	vm, disk, err := d.existingDisk(ctx, existingRef)
+	if err != nil {
+		return err
+	}
+	sizeGB := (disk.CapacityKB + 1<<20 - 1) >> 20
+	d.ensureExtension(ctx)
+	pl, err := d.selectPlacement(ctx, sizeGB, vcenter.Ref{})
+	if err != nil {
+		return err
+	}
+	folder, err := d.volumeFolder(ctx, pl.Datacenter, v.ProjectID, false)
+	if err != nil {
+		return err
+	}
+	src, err := vcenter.ParseDatastorePath(disk.FileName)
+	if err != nil {
+		return err
+	}
+	dir := vcenter.DatastorePath{Datastore: pl.Datastore.Name, Path: v.name()}
+	dst := dir.Join(v.name() + ".vmdk")
+	if err := d.vc.DetachVMDisk(ctx, vm, disk.Key); err != nil {
+		return err
+	}
+	if err := d.vc.MakeDirectory(ctx, pl.Datacenter, dir); err != nil && !errors.Is(err, vcenter.ErrFileExists) {
+		return err
+	}
+	if err := d.vc.MoveVirtualDisk(ctx, pl.Datacenter, src, dst); err != nil {
+		return err
+	}
+	_, err = d.vc.CreateBacking(ctx, vcenter.BackingSpec{
+		Name: v.name(), VolumeID: v.ID, SizeGB: sizeGB, DiskCapacityKB: disk.CapacityKB, DiskType: v.DiskType, AdapterType: v.AdapterType,
+		Folder: folder, ResourcePool: pl.ResourcePool, Datastore: pl.Datastore.Name, DiskPath: dst.String(),
+	})
+	return err
 }

@@ -91,6 +91,9 @@ type BackingSpec struct {
 	// "[ds] volume-<id>/volume-<id>.vmdk") the backing is created with, in
 	// that disk's directory, instead of a new empty disk.
 	DiskPath string
+	// DiskCapacityKB, when set, is the disk's capacity instead of SizeGB
+	// (an existing disk of any size).
+	DiskCapacityKB int64
 }
 
 // Backing is a volume backing as read from vCenter.
@@ -116,8 +119,10 @@ type Backing struct {
 	DiskPath       string
 	DiskCapacityKB int64
 	DiskUUID       string
-	ManagedByKey   string
-	ManagedByType  string
+	// DiskType is the disk's provisioning (BackingDisk*), "" when unknown.
+	DiskType      string
+	ManagedByKey  string
+	ManagedByType string
 
 	disk *types.VirtualDisk
 }
@@ -212,6 +217,9 @@ func (s *Session) CreateBacking(ctx context.Context, spec BackingSpec) (Ref, err
 	disk := &types.VirtualDisk{
 		VirtualDevice: types.VirtualDevice{Key: diskKey, ControllerKey: ctrlKey, UnitNumber: &unit, Backing: backing},
 		CapacityInKB:  max(1024, spec.SizeGB<<20),
+	}
+	if spec.DiskCapacityKB > 0 {
+		disk.CapacityInKB = spec.DiskCapacityKB
 	}
 	diskChange := &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: disk}
 	if spec.DiskPath == "" {
@@ -331,6 +339,14 @@ func (s *Session) readBacking(ctx context.Context, c *vim25.Client, ref Ref) (Ba
 				b.DiskCapacityKB = disk.CapacityInKB
 				if fb, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
 					b.DiskPath, b.DiskUUID = fb.FileName, fb.Uuid
+					switch {
+					case fb.ThinProvisioned != nil && *fb.ThinProvisioned:
+						b.DiskType = BackingDiskThin
+					case fb.EagerlyScrub != nil && *fb.EagerlyScrub:
+						b.DiskType = BackingDiskEagerZeroedThick
+					default:
+						b.DiskType = BackingDiskThick
+					}
 				} else if fb, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo); ok {
 					b.DiskPath = fb.GetVirtualDeviceFileBackingInfo().FileName
 				}
@@ -675,4 +691,214 @@ func (s *Session) MoveBacking(ctx context.Context, vm, folder Ref) error {
 // exists in the folder).
 func IsDuplicateName(err error) bool {
 	return fault.Is(err, &types.DuplicateName{})
+}
+
+// RevertBackingSnapshot reverts a backing to one of its VM snapshots
+// (RevertToSnapshot_Task), as the driver's revert_to_snapshot does.
+//
+// Cost: 2 SOAP round trips.
+func (s *Session) RevertBackingSnapshot(ctx context.Context, snap Ref) error {
+	op := "revert to snapshot " + snap.Value
+	err := s.vmTask(ctx, op, func(c *vim25.Client) (types.ManagedObjectReference, error) {
+		r, err := methods.RevertToSnapshot_Task(ctx, c, &types.RevertToSnapshot_Task{This: snap.Reference()})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return r.Returnval, nil
+	})
+	return wrapVMErr(op, err)
+}
+
+// ReleaseBacking is the driver's unmanage: the backing stays, but no
+// longer names its volume (extraConfig cinder.volume.id emptied, and a
+// new instance UUID in place of the volume id, which the driver empties
+// for vCenter to replace).
+//
+// Cost: 2 SOAP round trips.
+func (s *Session) ReleaseBacking(ctx context.Context, ref Ref, newInstanceUUID string) error {
+	op := "release backing " + ref.Value
+	spec := types.VirtualMachineConfigSpec{
+		InstanceUuid: newInstanceUUID,
+		ExtraConfig:  []types.BaseOptionValue{&types.OptionValue{Key: BackingVolumeIDKey, Value: ""}},
+	}
+	if err := s.reconfigure(ctx, op, ref, spec); err != nil {
+		return wrapVMErr(op, err)
+	}
+	s.logFor(ctx).Info().Str("vm", ref.Value).Msg("released volume backing")
+	return nil
+}
+
+// diskLocator is a relocate spec's disk locator converting disk to
+// diskType on datastore (the driver's _create_relocate_spec_disk_locator).
+func diskLocator(disk *types.VirtualDisk, datastore types.ManagedObjectReference, diskType string) types.VirtualMachineRelocateSpecDiskLocator {
+	bk := &types.VirtualDiskFlatVer2BackingInfo{DiskMode: string(types.VirtualDiskModePersistent)}
+	switch diskType {
+	case BackingDiskThin:
+		bk.ThinProvisioned = types.NewBool(true)
+	case BackingDiskEagerZeroedThick:
+		bk.EagerlyScrub = types.NewBool(true)
+	default:
+		bk.ThinProvisioned = types.NewBool(false)
+	}
+	return types.VirtualMachineRelocateSpecDiskLocator{DiskId: disk.Key, Datastore: datastore, DiskBackingInfo: bk}
+}
+
+// RelocateBacking moves a backing's files to datastore (and its
+// registration to pool and host), converting its disk to diskType when
+// set, as the driver's relocate_backing does
+// (moveAllDiskBackingsAndAllowSharing).
+//
+// Cost: 2 SOAP round trips, +1 with diskType (the disk is read).
+func (s *Session) RelocateBacking(ctx context.Context, ref, datastore, pool, host Ref, diskType string) error {
+	op := fmt.Sprintf("relocate backing %s to %s", ref.Value, datastore.Value)
+	c := s.activeClient()
+	if c == nil {
+		return wrapErr(op, ErrNotLoggedIn)
+	}
+	ds := datastore.Reference()
+	loc := types.VirtualMachineRelocateSpec{Datastore: &ds, DiskMoveType: string(types.VirtualMachineRelocateDiskMoveOptionsMoveAllDiskBackingsAndAllowSharing)}
+	if !pool.IsZero() {
+		p := pool.Reference()
+		loc.Pool = &p
+	}
+	if !host.IsZero() {
+		h := host.Reference()
+		loc.Host = &h
+	}
+	if diskType != "" {
+		if !ValidBackingDiskType(diskType) {
+			return wrapErr(op, fmt.Errorf("%w: disk type %q", ErrInvalidArgument, diskType))
+		}
+		b, err := s.readBacking(ctx, c, ref)
+		if err != nil {
+			return wrapVMErr(op, err)
+		}
+		if b.disk != nil {
+			loc.Disk = []types.VirtualMachineRelocateSpecDiskLocator{diskLocator(b.disk, ds, diskType)}
+		}
+	}
+	err := s.vmTask(ctx, op, func(c *vim25.Client) (types.ManagedObjectReference, error) {
+		r, err := methods.RelocateVM_Task(ctx, c, &types.RelocateVM_Task{This: ref.Reference(), Spec: loc})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return r.Returnval, nil
+	})
+	if err != nil {
+		return wrapVMErr(op, err)
+	}
+	s.logFor(ctx).Info().Str("vm", ref.Value).Str("datastore", datastore.Value).Str("disk_type", diskType).Msg("relocated volume backing")
+	return nil
+}
+
+// RenameBacking renames a backing (the driver's rename_backing).
+//
+// Cost: 2 SOAP round trips.
+func (s *Session) RenameBacking(ctx context.Context, ref Ref, name string) error {
+	op := fmt.Sprintf("rename backing %s to %q", ref.Value, name)
+	err := s.vmTask(ctx, op, func(c *vim25.Client) (types.ManagedObjectReference, error) {
+		r, err := methods.Rename_Task(ctx, c, &types.Rename_Task{This: ref.Reference(), NewName: name})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return r.Returnval, nil
+	})
+	return wrapVMErr(op, err)
+}
+
+// SetBackingVolumeID gives a backing the volume's identity: instance UUID,
+// extraConfig cinder.volume.id and its disk's UUID (the driver's
+// update_backing_uuid and update_backing_disk_uuid, in one
+// reconfiguration).
+//
+// Cost: 3 SOAP round trips (the disk is read).
+func (s *Session) SetBackingVolumeID(ctx context.Context, ref Ref, volumeID string) error {
+	op := fmt.Sprintf("set the volume id of backing %s", ref.Value)
+	c := s.activeClient()
+	if c == nil {
+		return wrapErr(op, ErrNotLoggedIn)
+	}
+	b, err := s.readBacking(ctx, c, ref)
+	if err != nil {
+		return wrapVMErr(op, err)
+	}
+	spec := types.VirtualMachineConfigSpec{
+		InstanceUuid: volumeID,
+		ExtraConfig:  []types.BaseOptionValue{&types.OptionValue{Key: BackingVolumeIDKey, Value: volumeID}},
+	}
+	if b.disk != nil {
+		if fb, ok := b.disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+			disk := *b.disk
+			nb := *fb
+			nb.Uuid = volumeID
+			disk.Backing = &nb
+			spec.DeviceChange = []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: &disk}}
+		}
+	}
+	return wrapVMErr(op, s.reconfigure(ctx, op, ref, spec))
+}
+
+// VMDisk is a virtual disk of a VM, as manage_existing finds it.
+type VMDisk struct {
+	Key        int32
+	FileName   string
+	CapacityKB int64
+}
+
+// FindVMDisk returns vm's disk whose file is vmdkPath, or an error
+// wrapping ErrNotFound (the driver's get_disk_device).
+//
+// Cost: 1 SOAP round trip.
+func (s *Session) FindVMDisk(ctx context.Context, vm Ref, vmdkPath string) (VMDisk, error) {
+	op := fmt.Sprintf("find disk %q of %s", vmdkPath, vm.Value)
+	c := s.activeClient()
+	if c == nil {
+		return VMDisk{}, wrapErr(op, ErrNotLoggedIn)
+	}
+	var m mo.VirtualMachine
+	if err := s.retrieveOne(ctx, c, vm, []string{"config.hardware.device"}, &m); err != nil {
+		return VMDisk{}, wrapVMErr(op, err)
+	}
+	if m.Config != nil {
+		for _, d := range m.Config.Hardware.Device {
+			disk, ok := d.(*types.VirtualDisk)
+			if !ok {
+				continue
+			}
+			if fb, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo); ok && fb.GetVirtualDeviceFileBackingInfo().FileName == vmdkPath {
+				return VMDisk{Key: disk.Key, FileName: vmdkPath, CapacityKB: disk.CapacityInKB}, nil
+			}
+		}
+	}
+	return VMDisk{}, wrapErr(op, ErrNotFound)
+}
+
+// DetachVMDisk removes a disk from vm and keeps its file (the driver's
+// detach_disk_from_backing).
+//
+// Cost: 2 SOAP round trips.
+func (s *Session) DetachVMDisk(ctx context.Context, vm Ref, key int32) error {
+	op := fmt.Sprintf("detach disk %d from %s", key, vm.Value)
+	spec := types.VirtualMachineConfigSpec{DeviceChange: []types.BaseVirtualDeviceConfigSpec{
+		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationRemove, Device: &types.VirtualDisk{VirtualDevice: types.VirtualDevice{Key: key}}},
+	}}
+	return wrapVMErr(op, s.reconfigure(ctx, op, vm, spec))
+}
+
+// MoveVirtualDisk moves a virtual disk (descriptor and extents) within
+// datacenter dc (the driver's move_vmdk_file).
+//
+// Cost: 2 SOAP round trips (MoveVirtualDisk_Task and its wait).
+func (s *Session) MoveVirtualDisk(ctx context.Context, dc string, src, dst DatastorePath) error {
+	op := fmt.Sprintf("move virtual disk %s to %s", src, dst)
+	return s.fileTask(ctx, op, dc, nil, func(c *vim25.Client, dcRef types.ManagedObjectReference) (types.ManagedObjectReference, error) {
+		res, err := methods.MoveVirtualDisk_Task(ctx, c, &types.MoveVirtualDisk_Task{
+			This: *c.ServiceContent.VirtualDiskManager, SourceName: src.String(), SourceDatacenter: &dcRef,
+			DestName: dst.String(), DestDatacenter: &dcRef, Force: types.NewBool(false),
+		})
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		return res.Returnval, nil
+	})
 }
