@@ -56,7 +56,7 @@ func BenchmarkNetworkBind(b *testing.B) {
 	ops := agent.opsURL(b)
 	calls := func() float64 {
 		total := 0.0
-		for k, v := range scrapeCountersTB(b, ops) {
+		for k, v := range scrapeCounters(b, ops) {
 			if strings.HasPrefix(k, "vcagent_vcenter_calls_total{") && !strings.Contains(k, `method="WaitForUpdatesEx"`) {
 				total += v
 			}
@@ -145,23 +145,6 @@ func BenchmarkNetworkBind(b *testing.B) {
 	fmt.Printf("| VM with the NIC created by the test | %s |\n", med(vmTime).Round(time.Millisecond))
 	fmt.Printf("| bind → ACTIVE (incl. the VM creation) | %s (%s-%s), %.0f agent vCenter calls |\n", med(toActive).Round(time.Millisecond), slices.Min(toActive).Round(time.Millisecond), slices.Max(toActive).Round(time.Millisecond), medf(activeCalls))
 	fmt.Printf("| agent peak RSS (compute, volume, network) | %.1f MiB |\n", float64(rss)/1024)
-}
-
-// scrapeCountersTB is scrapeCounters for a benchmark.
-func scrapeCountersTB(tb testing.TB, ops string) map[string]float64 {
-	tb.Helper()
-	_, body := httpGet(tb, ops+"/metrics")
-	out := map[string]float64{}
-	for _, line := range strings.Split(body, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out
 }
 
 // peakRSS is a process's VmHWM in KiB.

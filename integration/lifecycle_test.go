@@ -445,7 +445,7 @@ func TestTenServersInOneRequest(t *testing.T) {
 }
 
 // scrapeCounters reads the agent's /metrics as series -> value.
-func scrapeCounters(t *testing.T, ops string) map[string]float64 {
+func scrapeCounters(t testing.TB, ops string) map[string]float64 {
 	t.Helper()
 	_, body := httpGet(t, ops+"/metrics")
 	out := map[string]float64{}

@@ -77,25 +77,7 @@ func (g *Glance) Image(ctx context.Context, token, id string) (Image, error) {
 	if err != nil {
 		return Image{}, fmt.Errorf("glance: image %s: %w", id, httpError(err))
 	}
-	img := Image{Properties: map[string]any{}}
-	str := func(k string) string {
-		var s string
-		_ = json.Unmarshal(raw[k], &s)
-		return s
-	}
-	img.ID, img.Name, img.Status = str("id"), str("name"), str("status")
-	img.DiskFormat, img.ContainerFormat = str("disk_format"), str("container_format")
-	_ = json.Unmarshal(raw["size"], &img.Size)
-	for k, v := range raw {
-		if standardImageField(k) {
-			continue
-		}
-		var x any
-		if json.Unmarshal(v, &x) == nil {
-			img.Properties[k] = x
-		}
-	}
-	return img, nil
+	return imageFromRaw(raw), nil
 }
 
 // Download streams an image's data; the caller closes the reader. The

@@ -114,63 +114,11 @@ func (l *lifecycle) deleteImageOnError(ctx context.Context, rc rpc.Context, imag
 	return cause
 }
 
-// snapshotInstance is nova's _snapshot_instance.
+// snapshotInstance is nova's _snapshot_instance for snapshot_instance,
+// whose first task state update expects image_snapshot (backup_instance
+// expects image_backup).
 func (l *lifecycle) snapshotInstance(ctx context.Context, rc rpc.Context, inst *ovo.Object, imageID string) error {
-	log := zerolog.Ctx(ctx)
-	if vm, err := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid")); err == nil {
-		inst.SetInt("power_state", novaPowerState(vm.PowerState))
-	} else if errors.Is(err, vcenter.ErrNotFound) {
-		inst.SetInt("power_state", powerNoState)
-	}
-	err := func() error {
-		if err := l.save(ctx, rc, inst, nil); err != nil {
-			return err
-		}
-		log.Info().Str("image_id", imageID).Msg("instance snapshotting")
-		if p, _ := inst.Int("power_state"); p != powerRunning {
-			log.Warn().Int64("state", p).Msg("trying to snapshot a non-running instance")
-		}
-		l.notify.instanceAction(ctx, rc, inst, "snapshot", "", "start", nil, nil)
-		l.notify.snapshotAction(ctx, rc, inst, "start", imageID)
-		start := time.Now()
-		update := func(ctx context.Context, state, expected string) error {
-			inst.SetString("task_state", state)
-			return l.save(ctx, rc, inst, expected)
-		}
-		if err := l.driverSnapshot(ctx, rc, inst, imageID, "image_snapshot", update); err != nil {
-			return err
-		}
-		log.Info().Dur("took", time.Since(start)).Msg("snapshotted the instance on the hypervisor")
-		inst.SetNull("task_state")
-		if err := l.save(ctx, rc, inst, "image_uploading"); err != nil {
-			return err
-		}
-		l.notify.instanceAction(ctx, rc, inst, "snapshot", "", "end", nil, nil)
-		l.notify.snapshotAction(ctx, rc, inst, "end", imageID)
-		return nil
-	}()
-	switch {
-	case err == nil:
-		return nil
-	case instanceGone(err) || isRemote(err, "InstanceNotRunning"):
-		log.Debug().Err(err).Msg("instance disappeared during snapshot")
-		if meta, gerr := l.images.Image(ctx, rc.String("auth_token"), imageID); gerr == nil && meta.Status != "active" {
-			if iw, ok := l.images.(imageWriter); ok {
-				if derr := iw.DeleteImage(context.WithoutCancel(ctx), rc.String("auth_token"), imageID); derr != nil {
-					log.Warn().Err(derr).Msg("error while trying to clean up the image")
-				}
-			}
-		}
-		return nil
-	case errors.Is(err, cloud.ErrNotFound):
-		inst.SetNull("task_state")
-		if serr := l.save(ctx, rc, inst, nil); serr != nil {
-			return serr
-		}
-		log.Warn().Err(err).Msg("image not found during snapshot")
-		return nil
-	}
-	return err
+	return l.snapshotInstanceExpecting(ctx, rc, inst, imageID, "image_snapshot")
 }
 
 // driverSnapshot is the VMware driver's snapshot (vmops.snapshot):
