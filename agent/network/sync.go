@@ -94,6 +94,7 @@ func (a *Agent) runSync(ctx context.Context) {
 	t := time.NewTicker(a.cfg.PollingInterval)
 	defer t.Stop()
 	failedAt := time.Time{}
+	passFailing := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -115,8 +116,15 @@ func (a *Agent) runSync(ctx context.Context) {
 				pendingResync = false
 			}
 		}
-		if err := a.devicePass(ctx); err != nil && ctx.Err() == nil {
-			a.log.Warn().Err(err).Msg("device pass failed")
+		// Logged once per failing streak: neutron or vCenter being away
+		// must not flood the log at the polling interval.
+		switch err := a.devicePass(ctx); {
+		case err != nil && ctx.Err() == nil && !passFailing:
+			a.log.Warn().Err(err).Msg("device pass failed; retrying at every polling interval")
+			passFailing = true
+		case err == nil && passFailing:
+			a.log.Info().Msg("device pass works again")
+			passFailing = false
 		}
 	}
 }
