@@ -210,8 +210,8 @@ func volumeComputeAgent(ctx context.Context, t *testing.T, prefix string, extraE
 		t.Fatalf("discover_hosts: %v\n%s", err, out)
 	}
 	waitVolumeServiceState(ctx, t, ctrl, backend, "up", 90*time.Second)
-	attachWaitPool(ctx, t, ctrl, backend+"#"+backendName)
-	return ctrl, vc, host, attachVolumeType(ctx, t, ctrl, backendName)
+	waitPool(ctx, t, ctrl, backend+"#"+backendName)
+	return ctrl, vc, host, volumeTypeFor(ctx, t, ctrl, backendName)
 }
 
 // createTestVolume makes a volume of 1 GB through cinder, deleted at the
@@ -443,46 +443,4 @@ func checkInstanceAction(ctx context.Context, t *testing.T, ctrl *cp.ControlPlan
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-}
-
-// attachWaitPool waits until cinder-scheduler has the pool.
-func attachWaitPool(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane, pool string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		p, err := ctrl.CinderGET(ctx, "/scheduler-stats/get_pools")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range asList(p, "pools") {
-			if p["name"] == pool {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cinder-scheduler has no pool %s", pool)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-}
-
-// attachVolumeType creates a volume type placing volumes on the backends
-// named backendName (deleted at the end of the test).
-func attachVolumeType(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane, backendName string) string {
-	t.Helper()
-	name := "vcagent-" + backendName
-	v, err := ctrl.CinderPOST(ctx, "/types", map[string]any{"volume_type": map[string]any{
-		"name": name, "os-volume-type-access:is_public": true,
-		"extra_specs": map[string]any{"volume_backend_name": backendName},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := v["volume_type"].(map[string]any)["id"].(string)
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), time.Minute)
-		defer dcancel()
-		_, _ = ctrl.CinderDELETE(dctx, "/types/"+id)
-	})
-	return name
 }

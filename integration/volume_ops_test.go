@@ -320,7 +320,7 @@ func TestVolumeOps(t *testing.T) {
 
 	t.Run("from-snapshot-and-clone", func(t *testing.T) {
 		if snapID == "" {
-			t.Skip("no snapshot")
+			t.Fatal("the snapshot subtest made no snapshot (see its failure)")
 		}
 		fromSnap, _ := create(t, "create_from_snapshot", map[string]any{"name": "vcagent-volops-fromsnap", "size": 3, "snapshot_id": snapID})
 		b, err := vc.FindBacking(ctx, fromSnap)
@@ -349,7 +349,7 @@ func TestVolumeOps(t *testing.T) {
 
 	t.Run("delete-snapshot", func(t *testing.T) {
 		if snapID == "" {
-			t.Skip("no snapshot")
+			t.Fatal("the snapshot subtest made no snapshot (see its failure)")
 		}
 		start := time.Now()
 		lastCalls = vcenterCalls(t, opsURL)
@@ -602,6 +602,28 @@ func volumeTypeFor(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane, bac
 	return name
 }
 
+// eagerVolumeBackend starts an agent with the compute and volume roles
+// (backings created at once, vmware_lazy_create off) as a backend of its
+// own, named after prefix, waits until cinder-scheduler has its pool and
+// returns the test's vCenter session, the backend (host@name), its name
+// and a volume type placing volumes on it.
+func eagerVolumeBackend(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane, prefix string) (vc *vcenter.Session, backend, backendName, typ string) {
+	t.Helper()
+	vcEnv, vc := testVCenter(t)
+	suffix := fmt.Sprint(time.Now().Unix() % 100000)
+	host := "vcagent-" + prefix + "-" + suffix
+	backendName = prefix + suffix
+	env := append(computeAgentEnv(ctrl, host), vcEnv...)
+	env = append(env, "VCAGENT_ROLES=compute,volume", "VCAGENT_VOLUME_BACKEND="+backendName,
+		"VCAGENT_VOLUME_DATABASE_URL="+ctrl.CinderDB, "VCAGENT_VOLUME_EXCHANGE="+ctrl.CinderExchange,
+		"VCAGENT_VOLUME_LAZY_CREATE=false")
+	startAgent(t, env...)
+	backend = host + "@" + backendName
+	waitVolumeServiceState(ctx, t, ctrl, backend, "up", 90*time.Second)
+	waitPool(ctx, t, ctrl, backend+"#"+backendName)
+	return vc, backend, backendName, volumeTypeFor(ctx, t, ctrl, backendName)
+}
+
 // TestVolumeEagerCreate: with vmware_lazy_create off
 // (VCAGENT_VOLUME_LAZY_CREATE=false) create_volume makes the backing at
 // once, with the volume type's vmware:vmdk_type (thick here), and a
@@ -611,19 +633,7 @@ func TestVolumeEagerCreate(t *testing.T) {
 	ctrl := controlPlane(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	vcEnv, vc := testVCenter(t)
-	suffix := fmt.Sprint(time.Now().Unix() % 100000)
-	host := "vcagent-voleager-" + suffix
-	backendName := "voleager" + suffix
-	env := append(computeAgentEnv(ctrl, host), vcEnv...)
-	env = append(env, "VCAGENT_ROLES=compute,volume", "VCAGENT_VOLUME_BACKEND="+backendName,
-		"VCAGENT_VOLUME_DATABASE_URL="+ctrl.CinderDB, "VCAGENT_VOLUME_EXCHANGE="+ctrl.CinderExchange,
-		"VCAGENT_VOLUME_LAZY_CREATE=false")
-	startAgent(t, env...)
-	backend := host + "@" + backendName
-	waitVolumeServiceState(ctx, t, ctrl, backend, "up", 90*time.Second)
-	waitPool(ctx, t, ctrl, backend+"#"+backendName)
-	typ := volumeTypeFor(ctx, t, ctrl, backendName)
+	vc, _, backendName, typ := eagerVolumeBackend(ctx, t, ctrl, "voleager")
 	// a type with vmware:vmdk_type thick, and one with a bad value
 	thick := typ + "-thick"
 	bad := typ + "-bad"
@@ -763,19 +773,8 @@ func TestVolumeRevertRetypeManage(t *testing.T) {
 	ctrl := controlPlane(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	vcEnv, vc := testVCenter(t)
-	suffix := fmt.Sprint(time.Now().Unix() % 100000)
-	host := "vcagent-volrrt-" + suffix
-	backendName := "volrrt" + suffix
-	env := append(computeAgentEnv(ctrl, host), vcEnv...)
-	env = append(env, "VCAGENT_ROLES=compute,volume", "VCAGENT_VOLUME_BACKEND="+backendName,
-		"VCAGENT_VOLUME_DATABASE_URL="+ctrl.CinderDB, "VCAGENT_VOLUME_EXCHANGE="+ctrl.CinderExchange,
-		"VCAGENT_VOLUME_LAZY_CREATE=false")
-	startAgent(t, env...)
-	backend := host + "@" + backendName
-	waitVolumeServiceState(ctx, t, ctrl, backend, "up", 90*time.Second)
-	waitPool(ctx, t, ctrl, backend+"#"+backendName)
-	typ := volumeTypeFor(ctx, t, ctrl, backendName)
+	vc, backend, backendName, typ := eagerVolumeBackend(ctx, t, ctrl, "volrrt")
+	suffix := strings.TrimPrefix(backendName, "volrrt")
 	thick := typ + "-thick"
 	v, err := ctrl.CinderPOST(ctx, "/types", map[string]any{"volume_type": map[string]any{
 		"name": thick, "extra_specs": map[string]any{"volume_backend_name": backendName, "vmware:vmdk_type": "thick"},

@@ -284,48 +284,40 @@ func notReady(inst *ovo.Object, err error) error {
 // GetVNCConsole is get_vnc_console (a call): with [vnc] enabled and type
 // novnc, a console token for the VM's VNC port on its ESXi host.
 func (l *lifecycle) GetVNCConsole(ctx context.Context, req *rpc.Request) (any, error) {
-	var a consoleArgs
-	if err := req.DecodeArgs(&a); err != nil {
-		return nil, err
-	}
-	return l.instanceCall(ctx, req, "get_vnc_console", func(ctx context.Context, inst *ovo.Object) (any, error) {
-		cfg := l.consoleConfig()
-		if !cfg.VNCEnabled {
-			return nil, consoleTypeUnavailable(a.ConsoleType)
-		}
-		if a.ConsoleType != "novnc" {
-			return nil, consoleTypeInvalid(a.ConsoleType)
-		}
-		c, err := l.vncConsole(ctx, inst)
-		if err != nil {
-			return nil, notReady(inst, err)
-		}
-		return l.authorize(ctx, req.Context, inst, a.ConsoleType, cfg.NoVNCProxyBaseURL, c)
-	})
+	cfg := l.consoleConfig()
+	return l.remoteConsole(ctx, req, "get_vnc_console", cfg.VNCEnabled, "novnc", cfg.NoVNCProxyBaseURL, l.vncConsole)
 }
 
 // GetMKSConsole is get_mks_console (a call): with [mks] enabled (nova's
 // default is off) and type webmks, a token for the VM's "mks" ticket. An
-// endpoint without AcquireTicket (govmomi's simulator) fails as
-// oslo.vmware's VimFaultException, which nova-api answers with HTTP 500.
+// endpoint without AcquireTicket fails as oslo.vmware's
+// VimFaultException, which nova-api answers with HTTP 500.
 func (l *lifecycle) GetMKSConsole(ctx context.Context, req *rpc.Request) (any, error) {
+	cfg := l.consoleConfig()
+	return l.remoteConsole(ctx, req, "get_mks_console", cfg.MKSEnabled, "webmks", cfg.MKSProxyBaseURL, l.mksConsole)
+}
+
+// remoteConsole is what nova-compute's get_vnc_console and
+// get_mks_console share: the console kind enabled, the one type it
+// serves, the driver's connection info, a token authorized for it.
+func (l *lifecycle) remoteConsole(ctx context.Context, req *rpc.Request, method string, enabled bool, consoleType, baseURL string,
+	connect func(context.Context, *ovo.Object) (console, error)) (any, error) {
 	var a consoleArgs
 	if err := req.DecodeArgs(&a); err != nil {
 		return nil, err
 	}
-	return l.instanceCall(ctx, req, "get_mks_console", func(ctx context.Context, inst *ovo.Object) (any, error) {
-		cfg := l.consoleConfig()
-		if !cfg.MKSEnabled {
+	return l.instanceCall(ctx, req, method, func(ctx context.Context, inst *ovo.Object) (any, error) {
+		if !enabled {
 			return nil, consoleTypeUnavailable(a.ConsoleType)
 		}
-		if a.ConsoleType != "webmks" {
+		if a.ConsoleType != consoleType {
 			return nil, consoleTypeInvalid(a.ConsoleType)
 		}
-		c, err := l.mksConsole(ctx, inst)
+		c, err := connect(ctx, inst)
 		if err != nil {
 			return nil, notReady(inst, err)
 		}
-		return l.authorize(ctx, req.Context, inst, a.ConsoleType, cfg.MKSProxyBaseURL, c)
+		return l.authorize(ctx, req.Context, inst, a.ConsoleType, baseURL, c)
 	})
 }
 

@@ -374,27 +374,8 @@ func (m *Manager) destroyVolume(ctx context.Context, vol objectPrimitive) error 
 	}
 	now := utcNow()
 	if useQuota && projectID.Valid {
-		deltas := []struct {
-			resource string
-			delta    int64
-		}{{"volumes", -1}, {"gigabytes", -size}}
-		if typeID.Valid {
-			var name string
-			if err := tx.QueryRowContext(ctx, "SELECT name FROM volume_types WHERE id = ?", typeID.String).Scan(&name); err == nil {
-				deltas = append(deltas, struct {
-					resource string
-					delta    int64
-				}{"volumes_" + name, -1}, struct {
-					resource string
-					delta    int64
-				}{"gigabytes_" + name, -size})
-			}
-		}
-		for _, d := range deltas {
-			if _, err := tx.ExecContext(ctx, "UPDATE quota_usages SET in_use = GREATEST(in_use + ?, 0), updated_at = ? WHERE project_id = ? AND resource = ? AND deleted = 0",
-				d.delta, now, projectID.String, d.resource); err != nil {
-				return fmt.Errorf("release quota %s: %w", d.resource, err)
-			}
+		if err := releaseQuota(ctx, tx, projectID.String, typeID, map[string]int64{"volumes": -1, "gigabytes": -size}); err != nil {
+			return err
 		}
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE volumes SET status = 'deleted', deleted = 1, deleted_at = ?, migration_status = NULL WHERE id = ?", now, id); err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -688,7 +689,7 @@ func releaseQuota(ctx context.Context, tx *sql.Tx, projectID string, typeID sql.
 	if typeID.Valid {
 		var name string
 		if err := tx.QueryRowContext(ctx, "SELECT name FROM volume_types WHERE id = ?", typeID.String).Scan(&name); err == nil {
-			for k, d := range maps2(deltas) {
+			for k, d := range maps.Clone(deltas) {
 				deltas[k+"_"+name] = d
 			}
 		}
@@ -701,14 +702,6 @@ func releaseQuota(ctx context.Context, tx *sql.Tx, projectID string, typeID sql.
 		}
 	}
 	return nil
-}
-
-func maps2(m map[string]int64) map[string]int64 {
-	out := make(map[string]int64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // notifySnapshot sends a snapshot notification (_usage_from_snapshot),
