@@ -97,7 +97,7 @@ type Config struct {
 	VolumeLazyCreate           bool          `envconfig:"VOLUME_LAZY_CREATE" default:"true" desc:"volume role: create a blank volume's backing only when it is first attached (vmware_lazy_create)"`
 	VolumeAdapterType          string        `envconfig:"VOLUME_ADAPTER_TYPE" default:"lsiLogic" desc:"volume role: disk adapter of new backings, lsiLogic, busLogic, lsiLogicsas, paraVirtual or ide (vmware_adapter_type)"`
 	VolumeImageTransferTimeout time.Duration `envconfig:"VOLUME_IMAGE_TRANSFER_TIMEOUT" default:"7200s" desc:"volume role: timeout of image transfers to and from glance (vmware_image_transfer_timeout_secs; in a file: seconds)"`
-	VolumeStorageProfiles      []string      `envconfig:"VOLUME_STORAGE_PROFILE" desc:"volume role: storage policies whose datastores the backend uses (vmware_storage_profile); not supported yet: must be empty"`
+	VolumeStorageProfiles      []string      `envconfig:"VOLUME_STORAGE_PROFILE" desc:"volume role: storage profiles (policies) whose compliant datastores make the capacity the backend reports, comma-separated (vmware_storage_profile)"`
 	VolumeDatastoreRegex       string        `envconfig:"VOLUME_DATASTORE_REGEX" desc:"volume role: datastores for backings (vmware_datastore_regex); empty: VCAGENT_DATASTORE_REGEX"`
 
 	NetworkBridgeMappings  []string      `envconfig:"NETWORK_BRIDGE_MAPPINGS" conf:"ML2_VMWARE.network_maps" default:"physnet1:DVS0" desc:"network role: comma-separated physical network to DVS name mappings, physnet:dvs"`
@@ -435,8 +435,10 @@ func (c *Config) finishVolumeDriver() error {
 	if c.VolumeImageTransferTimeout <= 0 {
 		return bad("VOLUME_IMAGE_TRANSFER_TIMEOUT", "must be positive")
 	}
-	if len(c.VolumeStorageProfiles) > 0 {
-		return bad("VOLUME_STORAGE_PROFILE", "storage policies are not supported yet (%v)", c.VolumeStorageProfiles)
+	for _, p := range c.VolumeStorageProfiles {
+		if strings.TrimSpace(p) == "" {
+			return bad("VOLUME_STORAGE_PROFILE", "%q has an empty profile name", strings.Join(c.VolumeStorageProfiles, ","))
+		}
 	}
 	c.volumeDSRegex = c.dsRegex
 	if c.VolumeDatastoreRegex != "" {

@@ -627,8 +627,8 @@ func eagerVolumeBackend(ctx context.Context, t *testing.T, ctrl *cp.ControlPlane
 // TestVolumeEagerCreate: with vmware_lazy_create off
 // (VCAGENT_VOLUME_LAZY_CREATE=false) create_volume makes the backing at
 // once, with the volume type's vmware:vmdk_type (thick here), and a
-// vmware:vmdk_type the driver does not know fails the create with the
-// volume in error.
+// vmware:vmdk_type the driver does not know fails the create at each of
+// the scheduler's attempts, the volume in error.
 func TestVolumeEagerCreate(t *testing.T) {
 	ctrl := controlPlane(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -671,15 +671,26 @@ func TestVolumeEagerCreate(t *testing.T) {
 		}
 		if c.want == "error" {
 			// the driver's create_volume failed: CREATE_VOLUME_FROM_BACKEND,
-			// DRIVER_FAILED_CREATE, as cinder's message API records it
+			// DRIVER_FAILED_CREATE, as cinder's message API records it, at
+			// each of the scheduler's three attempts (the create flow
+			// reschedules a driver failure; this backend is the only one
+			// of the type), then the scheduler's SCHEDULE_ALLOCATE_VOLUME,
+			// NO_VALID_BACKEND
 			m, err := ctrl.CinderGET(ctx, "/messages?resource_uuid="+id)
 			if err != nil {
 				t.Fatal(err)
 			}
 			msgs := asList(m, "messages")
-			if len(msgs) != 1 || msgs[0]["event_id"] != "VOLUME_VOLUME_008_012" || msgs[0]["message_level"] != "ERROR" ||
-				msgs[0]["resource_type"] != "VOLUME" || msgs[0]["user_message"] != "create volume from backend storage:Driver failed to create the volume." {
-				t.Errorf("user messages of the failed volume: %v", msgs)
+			events := map[string]int{}
+			for _, msg := range msgs {
+				events[fmt.Sprint(msg["event_id"])]++
+				if msg["event_id"] == "VOLUME_VOLUME_008_012" && (msg["message_level"] != "ERROR" || msg["resource_type"] != "VOLUME" ||
+					msg["user_message"] != "create volume from backend storage:Driver failed to create the volume.") {
+					t.Errorf("user message of the failed volume: %v", msg)
+				}
+			}
+			if len(msgs) != 4 || events["VOLUME_VOLUME_008_012"] != 3 || events["VOLUME_VOLUME_001_003"] != 1 {
+				t.Errorf("user messages of the failed volume: %v, want 3 VOLUME_VOLUME_008_012 and VOLUME_VOLUME_001_003", events)
 			}
 		}
 		if _, err := ctrl.CinderDELETE(ctx, "/volumes/"+id); err != nil {

@@ -149,6 +149,10 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 	if err := req.DecodeArgs(&args); err != nil {
 		return nil, err
 	}
+	var raw createArgs
+	if err := req.DecodeArgs(&raw); err != nil {
+		return nil, err
+	}
 	vol := args.Volume
 	id := vol.str("id")
 	if id == "" {
@@ -175,6 +179,11 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 			if err = m.needDriver(); err == nil {
 				_, err = m.drv.createBacking(ctx, spec, vcenter.Ref{})
 			}
+		case spec.StorageProfile != "":
+			// _verify_volume_creation: the profile must exist
+			if err = m.needDriver(); err == nil {
+				_, err = m.drv.pol.id(ctx, spec.StorageProfile)
+			}
 		}
 	}
 	if err == nil && image != nil {
@@ -183,8 +192,30 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 	if err != nil {
 		// only the driver's create_volume (a volume from nothing, its
 		// type's specs verified there too) records a user message
-		raw := imageID == "" && vol.str("snapshot_id") == "" && vol.str("source_volid") == ""
-		return m.createFailed(ctx, req, vol, err, raw)
+		fromNothing := imageID == "" && vol.str("snapshot_id") == "" && vol.str("source_volid") == ""
+		// a failed copy of an image is the flow's ImageCopyFailure (every
+		// failure of the driver's copy_image_to_volume becomes one), which
+		// is not rescheduled
+		if raw.wantsReschedule() && reschedulable(err) && imageID == "" {
+			log.Error().Err(err).Msg("create_volume failed: rescheduling")
+			if fromNothing {
+				m.userMessage(ctx, req.Context, "VOLUME", id, actionCreateFromBackend, detailDriverFailedCreate)
+			}
+			rerr := m.reschedule(ctx, req.Context, raw, id, err)
+			if rerr == nil {
+				log.Info().Msg("volume re-scheduled")
+				var re *rpc.RemoteError
+				if errors.As(err, &re) {
+					return nil, re
+				}
+				return nil, backendError("create volume", err)
+			}
+			// cinder leaves the volume as it is then; error is what the
+			// user can act on
+			log.Error().Err(rerr).Msg("rescheduling failed")
+			fromNothing = false // its user message is recorded
+		}
+		return m.createFailed(ctx, req, vol, err, fromNothing)
 	}
 	now := utcNow()
 	res, err := m.db.ExecContext(ctx, "UPDATE volumes SET status = 'available', launched_at = ?, updated_at = ?, service_uuid = ?, shared_targets = 0 WHERE id = ? AND deleted = 0",

@@ -25,13 +25,14 @@ type Capacity struct {
 	TotalGB, FreeGB int64
 }
 
-// capacityOf sums the clusters' usable datastores, each once.
-func capacityOf(clusters []vcenter.Cluster, re *regexp.Regexp) Capacity {
+// capacityOf sums the clusters' usable datastores, each once; when
+// monitored is not nil (vmware_storage_profile), only those in it.
+func capacityOf(clusters []vcenter.Cluster, re *regexp.Regexp, monitored map[vcenter.Ref]bool) Capacity {
 	seen := map[string]bool{}
 	var total, free int64
 	for _, c := range clusters {
 		for _, ds := range c.UsableDatastores(re) {
-			if seen[ds.Ref.Value] {
+			if seen[ds.Ref.Value] || monitored != nil && !monitored[ds.Ref] {
 				continue
 			}
 			seen[ds.Ref.Value] = true

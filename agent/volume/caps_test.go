@@ -30,13 +30,25 @@ func TestCapacityOf(t *testing.T) {
 			ds("datastore-5", "shared-2", 20, 1.5),
 		}},
 	}
-	if got, want := capacityOf(clusters, nil), (Capacity{TotalGB: 130, FreeGB: 61}); got != want {
-		t.Errorf("all datastores: %+v, want %+v", got, want)
+	ref := func(v string) vcenter.Ref { return vcenter.Ref{Type: "Datastore", Value: v} }
+	for _, tc := range []struct {
+		name      string
+		re        *regexp.Regexp
+		monitored map[vcenter.Ref]bool
+		want      Capacity
+	}{
+		{"all datastores", nil, nil, Capacity{TotalGB: 130, FreeGB: 61}},
+		{"datastore_regex shared", regexp.MustCompile("shared"), nil, Capacity{TotalGB: 120, FreeGB: 52}},
+		// vmware_storage_profile: only the compliant datastores count
+		{"profiles", nil, map[vcenter.Ref]bool{ref("datastore-2"): true, ref("datastore-5"): true, ref("datastore-3"): true}, Capacity{TotalGB: 30, FreeGB: 10}},
+		{"profiles and regex", regexp.MustCompile("shared"), map[vcenter.Ref]bool{ref("datastore-2"): true, ref("datastore-5"): true}, Capacity{TotalGB: 20, FreeGB: 2}},
+		{"profiles without datastores", nil, map[vcenter.Ref]bool{}, Capacity{}},
+	} {
+		if got := capacityOf(clusters, tc.re, tc.monitored); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+		}
 	}
-	if got, want := capacityOf(clusters, regexp.MustCompile("shared")), (Capacity{TotalGB: 120, FreeGB: 52}); got != want {
-		t.Errorf("datastore_regex shared: %+v, want %+v", got, want)
-	}
-	if got := capacityOf(nil, nil); got != (Capacity{}) {
+	if got := capacityOf(nil, nil, nil); got != (Capacity{}) {
 		t.Errorf("no cluster: %+v", got)
 	}
 }

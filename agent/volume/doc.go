@@ -15,7 +15,15 @@
 // clone), manage_existing (a VM's disk adopted as a backing's disk),
 // unmanage (the backing kept, no longer naming the volume) and
 // revert_to_snapshot (refused for the driver's template snapshots, as the
-// driver does) work on the backings; the database writes, quota, workers
+// driver does) work on the backings. Storage profiles (SPBM) work as the
+// driver's: a type's vmware:storage_profile places the backing on a
+// compliant datastore and associates it with the profile (its id in the
+// connection info), a retype relocates a backing whose datastore does not
+// comply with the new profile, and vmware_storage_profile limits the
+// reported capacity to the compliant datastores; SPBM is only reached
+// when a profile is used. A create that fails is handed back to
+// cinder-scheduler when it sent retry information (the create flow's
+// reschedule); otherwise the volume is in error; the database writes, quota, workers
 // rows, user messages and notifications are cinder-volume's own. At start
 // the role runs cinder-volume's init_host clean-up of its own workers rows
 // (volumes and snapshots left creating: error; a delete left under way:

@@ -194,7 +194,11 @@ func (m *Manager) createFromImage(ctx context.Context, rc rpc.Context, spec volu
 	if t, _ := meta.Properties["vmware_disktype"].(string); t != "" {
 		kind = vcenter.DiskKind(t)
 	}
-	pl, err := m.drv.selectPlacement(ctx, spec.SizeGB, vcenter.Ref{})
+	pl, err := m.drv.selectPlacement(ctx, placementRequest{SizeGB: spec.SizeGB, Profile: spec.StorageProfile})
+	if err != nil {
+		return meta, err
+	}
+	profileID, err := m.drv.profileID(ctx, spec)
 	if err != nil {
 		return meta, err
 	}
@@ -218,7 +222,7 @@ func (m *Manager) createFromImage(ctx context.Context, rc rpc.Context, spec volu
 	m.drv.ensureExtension(ctx)
 	if _, err := m.drv.vc.CreateBacking(ctx, vcenter.BackingSpec{
 		Name: spec.name(), VolumeID: spec.ID, SizeGB: spec.SizeGB, DiskType: spec.DiskType, AdapterType: spec.AdapterType,
-		Folder: folder, ResourcePool: pl.ResourcePool, Datastore: pl.Datastore.Name, DiskPath: disk.String(),
+		Folder: folder, ResourcePool: pl.ResourcePool, Datastore: pl.Datastore.Name, DiskPath: disk.String(), ProfileID: profileID,
 	}); err != nil {
 		if derr := cp.DeleteDatastoreFile(context.WithoutCancel(ctx), pl.Datacenter, dir); derr != nil {
 			m.log.Warn().Err(derr).Str("dir", dir.String()).Msg("cannot delete the copied image of a failed backing")

@@ -58,7 +58,8 @@ type Config struct {
 	// (the agent's default true: a blank volume gets its backing when first
 	// attached); AdapterType is vmware_adapter_type ("lsiLogic");
 	// ImageTransferTimeout is vmware_image_transfer_timeout_secs;
-	// StorageProfiles is vmware_storage_profile (not supported yet).
+	// StorageProfiles is vmware_storage_profile (the reported capacity is
+	// that of the datastores compliant with these profiles).
 	VolumeFolder         string
 	LazyCreate           bool
 	AdapterType          string
@@ -174,6 +175,9 @@ func NewManager(cfg Config, tr *rpc.Transport, inv Inventory, onConsuming func(b
 		m.drv = newVMDKDriver(vc, cfg.Clusters, cfg.DatastoreRegex, cfg.VolumeFolder, log)
 	}
 	if s, ok := inv.(*vcenter.Session); ok {
+		if m.drv != nil {
+			m.drv.pol = newStoragePolicies(vcenter.NewStoragePolicies(s))
+		}
 		if ic, err := vcenter.NewImageCache(s, ImageCacheFolder); err == nil {
 			m.images = ic
 		}
@@ -363,8 +367,21 @@ func (m *Manager) currentCapabilities(ctx context.Context) map[string]any {
 		if err != nil {
 			m.log.Warn().Err(err).Msg("cannot read the datastores' capacity: reporting it unknown")
 		} else {
-			c := capacityOf(clusters, m.cfg.DatastoreRegex)
-			capa = &c
+			var monitored map[vcenter.Ref]bool
+			if len(m.cfg.StorageProfiles) > 0 && m.drv != nil {
+				// vmware_storage_profile: only the datastores compliant
+				// with these profiles count (cached compliance answers)
+				monitored, err = m.drv.pol.monitored(ctx, m.cfg.StorageProfiles)
+				if err == nil && len(monitored) == 0 {
+					m.log.Warn().Strs("storage_profiles", m.cfg.StorageProfiles).Msg("no datastores found for the storage profiles")
+				}
+			}
+			if err != nil {
+				m.log.Warn().Err(err).Msg("cannot read the datastores compliant with the storage profiles: reporting the capacity unknown")
+			} else {
+				c := capacityOf(clusters, m.cfg.DatastoreRegex, monitored)
+				capa = &c
+			}
 		}
 	}
 	var allocated int64

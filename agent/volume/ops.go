@@ -106,9 +106,6 @@ func (m *Manager) volumeSpecOf(ctx context.Context, vol objectPrimitive) (volume
 	if v.CloneType != "full" && v.CloneType != "linked" {
 		return v, cinderError("Invalid", fmt.Sprintf("Clone type '%s' is invalid; valid values are: 'full' and 'linked'.", v.CloneType))
 	}
-	if v.StorageProfile != "" {
-		return v, cinderError("VolumeBackendAPIException", fmt.Sprintf("storage profile %q: storage policies are not supported by vcagent yet", v.StorageProfile))
-	}
 	return v, nil
 }
 
@@ -267,6 +264,15 @@ func settleReservationsTx(ctx context.Context, tx *sql.Tx, reservations []string
 func (m *Manager) connectionInfo(ctx context.Context, vol objectPrimitive, b vcenter.Backing, connector map[string]any) (map[string]any, error) {
 	id := vol.str("id")
 	data := map[string]any{"volume": b.Ref.Value, "volume_id": id, "name": "volume-" + id, "profile_id": nil}
+	if name := m.storageProfileOf(ctx, vol); name != "" {
+		// _get_storage_profile_id: the profile's id, None when vCenter has
+		// no such profile
+		if pid, err := m.drv.pol.id(ctx, name); err == nil {
+			data["profile_id"] = pid
+		} else {
+			m.log.Warn().Err(err).Str("volume_id", id).Str("storage_profile", name).Msg("no storage profile id for the connection info")
+		}
+	}
 	_, platform := connector["platform"]
 	_, osType := connector["os_type"]
 	if platform && osType {

@@ -3,6 +3,7 @@ package volume
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -175,13 +176,19 @@ func (m *Manager) typeTraits(ctx context.Context, typeID string) (map[string]str
 	return specs, strings.Join(enc, ";"), qos.String, nil
 }
 
-// retype is the VMDK driver's retype without storage profiles: false for
-// a volume in use (with attachments), true for one without a backing or whose
-// disk type (vmware:vmdk_type) does not change; else the backing moves
-// to the best datastore for its size (converting its disk), or, on the
-// same datastore, is cloned with the new disk type (the old one renamed
-// first and deleted after, as the driver does); false when no datastore
-// fits.
+// retype is the VMDK driver's retype: false for a volume in use (with
+// attachments); true for one without a backing. Otherwise the backing
+// moves when its disk type (vmware:vmdk_type) changes or its datastore is
+// not compliant with the new type's storage profile
+// (vmware:storage_profile): to the best datastore for its size compliant
+// with the new profile (not its current one when it has VM snapshots and
+// needs a disk conversion: relocation is then the only way to convert),
+// relocated with the new disk type, or, staying on its datastore, cloned
+// with the new disk type (the old one renamed first and deleted after, as
+// the driver does); false when no datastore fits. Last, a changed profile
+// is set on the backing. A new profile that does not exist is
+// ProfileNotFoundException. SPBM is asked only when the new type has a
+// profile.
 func (d *vmdkDriver) retype(ctx context.Context, v volumeSpec, inUse bool, newSpecs map[string]string) (bool, error) {
 	if inUse {
 		d.log.Warn().Str("volume_id", v.ID).Msg("volume is in use, can't retype")
@@ -202,47 +209,93 @@ func (d *vmdkDriver) retype(ctx context.Context, v volumeSpec, inUse bool, newSp
 	if !vcenter.ValidBackingDiskType(newDiskType) {
 		return false, fmt.Errorf("invalid disk type: %s", newDiskType)
 	}
-	if newDiskType == v.DiskType {
-		return true, nil
-	}
-	pl, err := d.selectPlacement(ctx, v.SizeGB, vcenter.Ref{})
-	if err != nil {
-		d.log.Warn().Str("volume_id", v.ID).Err(err).Msg("there are no datastores matching new requirements; can't retype")
-		return false, nil
-	}
-	folder, err := d.volumeFolder(ctx, pl.Datacenter, v.ProjectID, false)
-	if err != nil {
-		return false, err
-	}
+	needConversion := newDiskType != v.DiskType
+	needRelocate := needConversion && b.HasSnapshots
 	var current vcenter.Ref
 	if len(b.Datastores) > 0 {
 		current = b.Datastores[0]
 	}
-	if current != pl.Datastore.Ref {
-		if err := d.vc.RelocateBacking(ctx, b.Ref, pl.Datastore.Ref, pl.ResourcePool, vcenter.Ref{}, newDiskType); err != nil {
+	newProfile := newSpecs["vmware:storage_profile"]
+	needProfileChange := newProfile != v.StorageProfile
+	compliant := true
+	if newProfile != "" {
+		id, err := d.pol.id(ctx, newProfile)
+		if err != nil {
 			return false, err
 		}
-		if b.Folder != folder {
-			if err := d.vc.MoveBacking(ctx, b.Ref, folder); err != nil {
+		set, err := d.pol.datastores(ctx, id, true)
+		if err != nil {
+			return false, err
+		}
+		compliant = set[current]
+	}
+	if needConversion || !compliant {
+		req := placementRequest{SizeGB: v.SizeGB, Profile: newProfile}
+		if needRelocate {
+			req.Avoid = current
+		}
+		pl, err := d.selectPlacement(ctx, req)
+		if errors.Is(err, errNoDatastore) {
+			d.log.Warn().Str("volume_id", v.ID).Err(err).Msg("there are no datastores matching new requirements; can't retype")
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		folder, err := d.volumeFolder(ctx, pl.Datacenter, v.ProjectID, false)
+		if err != nil {
+			return false, err
+		}
+		switch {
+		case current != pl.Datastore.Ref:
+			d.log.Info().Str("volume_id", v.ID).Str("datastore", pl.Datastore.Name).Msg("backing needs to be relocated for retype")
+			if err := d.vc.RelocateBacking(ctx, b.Ref, pl.Datastore.Ref, pl.ResourcePool, vcenter.Ref{}, newDiskType); err != nil {
+				return false, err
+			}
+			if b.Folder != folder {
+				if err := d.vc.MoveBacking(ctx, b.Ref, folder); err != nil {
+					return false, err
+				}
+			}
+		case needConversion:
+			if b.Ref, err = d.cloneForDiskType(ctx, v, b, folder, pl, current, newDiskType); err != nil {
 				return false, err
 			}
 		}
-		return true, nil
 	}
+	if needProfileChange {
+		profileID := ""
+		if newProfile != "" {
+			if profileID, err = d.pol.id(ctx, newProfile); err != nil {
+				return false, err
+			}
+		}
+		if err := d.vc.SetBackingProfile(ctx, b.Ref, profileID); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// cloneForDiskType converts a backing's disk on its own datastore: the
+// backing renamed, cloned under the volume's name with the new disk type,
+// the old one deleted and the clone given the volume's identity; the
+// rename is undone when the clone fails. It returns the new backing.
+func (d *vmdkDriver) cloneForDiskType(ctx context.Context, v volumeSpec, b vcenter.Backing, folder vcenter.Ref, pl placement, datastore vcenter.Ref, diskType string) (vcenter.Ref, error) {
 	tmp := newUUID()
 	if err := d.vc.RenameBacking(ctx, b.Ref, tmp); err != nil {
-		return false, err
+		return vcenter.Ref{}, err
 	}
 	clone, err := d.vc.CloneBacking(ctx, b.Ref, vcenter.CloneSpec{Name: v.name(), Folder: folder, ResourcePool: pl.ResourcePool,
-		Datastore: current, DiskType: newDiskType})
+		Datastore: datastore, DiskType: diskType})
 	if err != nil {
 		if rerr := d.vc.RenameBacking(context.WithoutCancel(ctx), b.Ref, v.name()); rerr != nil {
 			d.log.Warn().Err(rerr).Str("vm", b.Ref.Value).Msg("changing the backing's name back failed")
 		}
-		return false, err
+		return vcenter.Ref{}, err
 	}
 	if err := d.vc.DeleteBacking(ctx, b.Ref); err != nil {
-		return false, err
+		return vcenter.Ref{}, err
 	}
-	return true, d.vc.SetBackingVolumeID(ctx, clone, v.ID)
+	return clone, d.vc.SetBackingVolumeID(ctx, clone, v.ID)
 }

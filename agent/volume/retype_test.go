@@ -173,3 +173,124 @@ func TestDriverManageExisting(t *testing.T) {
 		t.Errorf("the disk is still on its VM: %v", err)
 	}
 }
+
+// TestDriverRetypeProfiles: the VMDK driver's retype with storage
+// profiles: a backing whose datastore is not compliant with the new
+// type's profile is relocated to a compliant one and given the profile;
+// a compliant one stays and only changes profile; a disk conversion of a
+// backing with VM snapshots must leave its datastore, so it is not
+// retyped when only that datastore is compliant; a profile vCenter lacks
+// is ProfileNotFoundException.
+func TestDriverRetypeProfiles(t *testing.T) {
+	d, s := simDriver(t, nil)
+	ctx := t.Context()
+	clusters, err := s.Clusters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds0, ds1 := clusters[0].Datastores[0], clusters[0].Datastores[1]
+	gold := createTagProfile(ctx, t, s, "gold", "tier", "gold")
+	silver := createTagProfile(ctx, t, s, "silver", "class", "silver")
+	tagDatastore(ctx, t, s, ds0.Ref, "tier", "gold")
+	tagDatastore(ctx, t, s, ds0.Ref, "class", "silver")
+	tagDatastore(ctx, t, s, ds1.Ref, "class", "silver")
+	pbmSvc := vcenter.NewStoragePolicies(s)
+
+	v := volumeSpec{ID: "6e1d8a4f-2b3c-4d5e-9f0a-1b2c3d4e5f60", SizeGB: 1, ProjectID: "p1", DiskType: vcenter.BackingDiskThin, AdapterType: "lsiLogic", CloneType: "full"}
+	ref, err := d.createBacking(ctx, v, vcenter.Ref{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(step string, wantDS vcenter.Ref, wantProfile string) {
+		t.Helper()
+		b, err := s.FindBacking(ctx, v.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pbmSvc.BackingProfile(ctx, b.Ref)
+		if err != nil || len(b.Datastores) == 0 || b.Datastores[0] != wantDS || got != wantProfile || b.Name != v.name() {
+			t.Errorf("%s: backing %s on %v with profile %q (%v); want on %s with %q", step, b.Name, b.Datastores, got, err, wantDS.Value, wantProfile)
+		}
+	}
+	check("created without a profile", ds1.Ref, "")
+
+	steps := []struct {
+		name    string
+		specs   map[string]string
+		want    bool
+		wantErr bool
+		ds      vcenter.Ref
+		profile string
+	}{
+		{"to gold: relocated", map[string]string{"vmware:storage_profile": "gold"}, true, false, ds0.Ref, gold},
+		{"to silver: compliant, stays", map[string]string{"vmware:storage_profile": "silver"}, true, false, ds0.Ref, silver},
+		{"to no profile: stays, profile removed", map[string]string{}, true, false, ds0.Ref, ""},
+		{"to bronze: not found", map[string]string{"vmware:storage_profile": "bronze"}, false, true, ds0.Ref, ""},
+		{"to gold: compliant, stays", map[string]string{"vmware:storage_profile": "gold"}, true, false, ds0.Ref, gold},
+	}
+	for _, st := range steps {
+		ok, err := d.retype(ctx, v, false, st.specs)
+		if ok != st.want || (err != nil) != st.wantErr {
+			t.Fatalf("%s: retype = %v, %v", st.name, ok, err)
+		}
+		check(st.name, st.ds, st.profile)
+		if ok {
+			v.StorageProfile = st.specs["vmware:storage_profile"]
+		}
+	}
+	if _, err := s.CreateBackingSnapshot(ctx, ref, "vm-snapshot", ""); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := d.retype(ctx, v, false, map[string]string{"vmware:storage_profile": "gold", "vmware:vmdk_type": "thick"}); ok || err != nil {
+		t.Errorf("thick on gold with VM snapshots (gold only on its datastore) = %v, %v; want false", ok, err)
+	}
+	if ok, err := d.retype(ctx, v, false, map[string]string{"vmware:storage_profile": "silver", "vmware:vmdk_type": "thick"}); !ok || err != nil {
+		t.Fatalf("thick on silver with VM snapshots = %v, %v; want true", ok, err)
+	}
+	check("thick on silver with VM snapshots: relocated off its datastore", ds1.Ref, silver)
+}
+
+// TestDriverConnectionProfile: connecting a volume to an instance
+// relocates its backing when its datastore is not compliant with the
+// volume's storage profile (the driver's _relocate_backing), onto the
+// instance host's compliant datastore; a compliant one stays.
+func TestDriverConnectionProfile(t *testing.T) {
+	d, s := simDriver(t, nil)
+	ctx := t.Context()
+	clusters, err := s.Clusters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := clusters[1]
+	ds0 := c.Datastores[0]
+	if c.Datastores[1].FreeBytes <= ds0.FreeBytes {
+		t.Fatalf("the second datastore should be the roomiest: %+v", c.Datastores)
+	}
+	createTagProfile(ctx, t, s, "gold", "tier", "gold")
+	folder, err := s.EnsureFolderPath(ctx, c.Datacenter, "OpenStack", "Project (p1)", "Instances")
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := s.CreateVM(ctx, vcenter.VMSpec{Name: "inst", NumCPUs: 1, MemoryMB: 64, GuestID: "otherGuest", Folder: folder,
+		ResourcePool: c.ResourcePool, Datastore: ds0.Ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := volumeSpec{ID: "7f2e9b1c-3d4a-4b5c-8d6e-9f0a1b2c3d4e", SizeGB: 1, ProjectID: "p1", DiskType: vcenter.BackingDiskThin, AdapterType: "lsiLogic", CloneType: "full"}
+	// made before the volume's type had a profile: on the roomiest datastore
+	if _, err := d.createBacking(ctx, v, vcenter.Ref{}); err != nil {
+		t.Fatal(err)
+	}
+	v.StorageProfile = "gold"
+	tagDatastore(ctx, t, s, ds0.Ref, "tier", "gold")
+	connector := map[string]any{"instance": inst.Ref.Value}
+	for _, step := range []string{"not compliant: relocated", "compliant: stays"} {
+		b, err := d.connection(ctx, v, connector)
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if len(b.Datastores) == 0 || b.Datastores[0] != ds0.Ref || !clusterHasHost(c, b.Host) {
+			t.Errorf("%s: backing on %v (host %s), want on %s of cluster %s", step, b.Datastores, b.Host.Value, ds0.Name, c.Name)
+		}
+	}
+}

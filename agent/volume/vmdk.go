@@ -39,6 +39,7 @@ type VCenter interface {
 	RelocateBacking(ctx context.Context, ref, datastore, pool, host vcenter.Ref, diskType string) error
 	RenameBacking(ctx context.Context, ref vcenter.Ref, name string) error
 	SetBackingVolumeID(ctx context.Context, ref vcenter.Ref, volumeID string) error
+	SetBackingProfile(ctx context.Context, ref vcenter.Ref, profileID string) error
 	FindVMDisk(ctx context.Context, vm vcenter.Ref, vmdkPath string) (vcenter.VMDisk, error)
 	DetachVMDisk(ctx context.Context, vm vcenter.Ref, key int32) error
 	MakeDirectory(ctx context.Context, dc string, p vcenter.DatastorePath) error
@@ -89,6 +90,10 @@ type vmdkDriver struct {
 	invAt     time.Time
 	folders   map[string]vcenter.Ref // datacenter/project[/Snapshots] -> folder
 	extension bool
+
+	// pol is the storage profile support; nil without SPBM (a profile
+	// is then an error).
+	pol *storagePolicies
 }
 
 // inventoryTTL bounds how old the cached cluster inventory used for
@@ -119,11 +124,39 @@ func (d *vmdkDriver) inventory(ctx context.Context, fresh bool) ([]vcenter.Clust
 	return inv, nil
 }
 
+// placementRequest is what a backing's datastore must satisfy (the
+// driver's DatastoreSelector requirements).
+type placementRequest struct {
+	SizeGB int64
+	// Host, when set, must mount the datastore (a backing for an
+	// instance's host).
+	Host vcenter.Ref
+	// Profile, when set, is the storage profile the datastore must be
+	// compliant with (profileName).
+	Profile string
+	// Avoid is a datastore that must not be chosen
+	// (hardAntiAffinityDatastores).
+	Avoid vcenter.Ref
+}
+
 // selectPlacement picks the usable datastore (datastore regex, accessible,
-// not in maintenance, enough free space) with the most free space among
-// the backend's clusters, or among the clusters of host when host is set
-// (a backing for an instance must be on a datastore its host mounts).
-func (d *vmdkDriver) selectPlacement(ctx context.Context, sizeGB int64, host vcenter.Ref) (placement, error) {
+// not in maintenance, enough free space, compliant with the request's
+// storage profile, not the avoided one) with the most free space among
+// the backend's clusters, or among the clusters of the request's host (a
+// backing for an instance must be on a datastore its host mounts). A
+// profile that does not exist is ProfileNotFoundException; compliance is
+// asked of SPBM for every placement, as the driver does.
+func (d *vmdkDriver) selectPlacement(ctx context.Context, req placementRequest) (placement, error) {
+	var compliant map[vcenter.Ref]bool
+	if req.Profile != "" {
+		id, err := d.pol.id(ctx, req.Profile)
+		if err != nil {
+			return placement{}, err
+		}
+		if compliant, err = d.pol.datastores(ctx, id, true); err != nil {
+			return placement{}, err
+		}
+	}
 	for _, fresh := range []bool{false, true} {
 		clusters, err := d.inventory(ctx, fresh)
 		if err != nil {
@@ -132,15 +165,15 @@ func (d *vmdkDriver) selectPlacement(ctx context.Context, sizeGB int64, host vce
 		var best placement
 		found := false
 		for _, c := range clusters {
-			if !host.IsZero() && !clusterHasHost(c, host) {
+			if !req.Host.IsZero() && !clusterHasHost(c, req.Host) {
 				continue
 			}
 			for _, ds := range c.UsableDatastores(d.dsRegex) {
-				if ds.FreeBytes < sizeGB<<30 {
+				if ds.FreeBytes < req.SizeGB<<30 || ds.Ref == req.Avoid || compliant != nil && !compliant[ds.Ref] {
 					continue
 				}
 				if !found || ds.FreeBytes > best.Datastore.FreeBytes {
-					best, found = placement{Datacenter: c.Datacenter, ResourcePool: c.ResourcePool, Host: host, Datastore: ds}, true
+					best, found = placement{Datacenter: c.Datacenter, ResourcePool: c.ResourcePool, Host: req.Host, Datastore: ds}, true
 				}
 			}
 		}
@@ -148,10 +181,23 @@ func (d *vmdkDriver) selectPlacement(ctx context.Context, sizeGB int64, host vce
 			return best, nil
 		}
 	}
-	if !host.IsZero() {
-		return placement{}, fmt.Errorf("%w: %d GB on a datastore of host %s", errNoDatastore, sizeGB, host.Value)
+	what := fmt.Sprintf("%d GB", req.SizeGB)
+	if req.Profile != "" {
+		what += fmt.Sprintf(" compliant with storage profile %q", req.Profile)
 	}
-	return placement{}, fmt.Errorf("%w: %d GB", errNoDatastore, sizeGB)
+	if !req.Host.IsZero() {
+		return placement{}, fmt.Errorf("%w: %s on a datastore of host %s", errNoDatastore, what, req.Host.Value)
+	}
+	return placement{}, fmt.Errorf("%w: %s", errNoDatastore, what)
+}
+
+// profileID is the driver's _get_storage_profile_id: the id of the
+// volume's storage profile, "" without one.
+func (d *vmdkDriver) profileID(ctx context.Context, v volumeSpec) (string, error) {
+	if v.StorageProfile == "" {
+		return "", nil
+	}
+	return d.pol.id(ctx, v.StorageProfile)
 }
 
 func clusterHasHost(c vcenter.Cluster, host vcenter.Ref) bool {
@@ -215,7 +261,11 @@ func (d *vmdkDriver) ensureExtension(ctx context.Context) {
 // size on the best datastore (of host's cluster when host is set).
 func (d *vmdkDriver) createBacking(ctx context.Context, v volumeSpec, host vcenter.Ref) (vcenter.Ref, error) {
 	d.ensureExtension(ctx)
-	pl, err := d.selectPlacement(ctx, v.SizeGB, host)
+	pl, err := d.selectPlacement(ctx, placementRequest{SizeGB: v.SizeGB, Host: host, Profile: v.StorageProfile})
+	if err != nil {
+		return vcenter.Ref{}, err
+	}
+	profileID, err := d.profileID(ctx, v)
 	if err != nil {
 		return vcenter.Ref{}, err
 	}
@@ -225,7 +275,7 @@ func (d *vmdkDriver) createBacking(ctx context.Context, v volumeSpec, host vcent
 	}
 	spec := vcenter.BackingSpec{
 		Name: v.name(), VolumeID: v.ID, SizeGB: v.SizeGB, DiskType: v.DiskType, AdapterType: v.AdapterType,
-		Folder: folder, ResourcePool: pl.ResourcePool, Host: pl.Host, Datastore: pl.Datastore.Name,
+		Folder: folder, ResourcePool: pl.ResourcePool, Host: pl.Host, Datastore: pl.Datastore.Name, ProfileID: profileID,
 	}
 	ref, err := d.vc.CreateBacking(ctx, spec)
 	if err != nil && errors.Is(err, vcenter.ErrNotFound) {
@@ -292,10 +342,14 @@ func (d *vmdkDriver) connection(ctx context.Context, v volumeSpec, connector map
 		d.log.Warn().Str("volume_id", v.ID).Msg("trying to boot from an empty volume")
 	}
 	if ok {
-		if !host.IsZero() && !d.hostSeesAll(ctx, host, b.Datastores) {
-			d.log.Warn().Str("volume_id", v.ID).Str("host", host.Value).Msg("the instance's host does not mount the backing's datastore; relocation is not implemented")
+		if host.IsZero() {
+			return b, nil
 		}
-		return b, nil
+		moved, err := d.relocateForHost(ctx, v, b, host)
+		if err != nil || !moved {
+			return b, err
+		}
+		return d.vc.GetBacking(ctx, b.Ref)
 	}
 	d.log.Info().Str("volume_id", v.ID).Msg("there is no backing for the volume: creating one")
 	ref, err := d.createBacking(ctx, v, host)
@@ -309,6 +363,48 @@ func (d *vmdkDriver) connection(ctx context.Context, v volumeSpec, connector map
 		return vcenter.Backing{Ref: ref, Name: v.name(), InstanceUUID: v.ID, VolumeID: v.ID}, nil
 	}
 	return d.vc.GetBacking(ctx, ref)
+}
+
+// relocateForHost is the driver's _relocate_backing: a backing whose
+// datastore the instance's host does not mount, or that is not compliant
+// with the volume's storage profile, moves to a datastore of the host's
+// cluster compliant with it (and into the project's Volumes folder of its
+// datacenter). It reports whether the backing moved.
+func (d *vmdkDriver) relocateForHost(ctx context.Context, v volumeSpec, b vcenter.Backing, host vcenter.Ref) (bool, error) {
+	compliant := true
+	if v.StorageProfile != "" && len(b.Datastores) > 0 {
+		id, err := d.pol.id(ctx, v.StorageProfile)
+		if err != nil {
+			return false, err
+		}
+		set, err := d.pol.datastores(ctx, id, true)
+		if err != nil {
+			return false, err
+		}
+		compliant = set[b.Datastores[0]]
+	}
+	if compliant && d.hostSeesAll(ctx, host, b.Datastores) {
+		return false, nil
+	}
+	pl, err := d.selectPlacement(ctx, placementRequest{SizeGB: v.SizeGB, Host: host, Profile: v.StorageProfile})
+	if err != nil {
+		return false, err
+	}
+	folder, err := d.volumeFolder(ctx, pl.Datacenter, v.ProjectID, false)
+	if err != nil {
+		return false, err
+	}
+	d.log.Info().Str("volume_id", v.ID).Str("host", host.Value).Str("datastore", pl.Datastore.Name).
+		Msg("relocating the backing to a datastore of the instance's host compliant with its storage profile")
+	if err := d.vc.RelocateBacking(ctx, b.Ref, pl.Datastore.Ref, pl.ResourcePool, host, ""); err != nil {
+		return false, err
+	}
+	if b.Folder != folder {
+		if err := d.vc.MoveBacking(ctx, b.Ref, folder); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // hostSeesAll reports whether host's cluster has every datastore in ds.
@@ -434,7 +530,7 @@ func (d *vmdkDriver) cloneFrom(ctx context.Context, v volumeSpec, src vcenter.Re
 			}
 		}()
 	} else {
-		pl, err := d.selectPlacement(ctx, v.SizeGB, vcenter.Ref{})
+		pl, err := d.selectPlacement(ctx, placementRequest{SizeGB: v.SizeGB, Profile: v.StorageProfile})
 		if err != nil {
 			return err
 		}
@@ -563,7 +659,11 @@ func (d *vmdkDriver) manageExisting(ctx context.Context, v volumeSpec, existingR
 	}
 	sizeGB := (disk.CapacityKB + 1<<20 - 1) >> 20
 	d.ensureExtension(ctx)
-	pl, err := d.selectPlacement(ctx, sizeGB, vcenter.Ref{})
+	pl, err := d.selectPlacement(ctx, placementRequest{SizeGB: sizeGB, Profile: v.StorageProfile})
+	if err != nil {
+		return err
+	}
+	profileID, err := d.profileID(ctx, v)
 	if err != nil {
 		return err
 	}
@@ -588,7 +688,7 @@ func (d *vmdkDriver) manageExisting(ctx context.Context, v volumeSpec, existingR
 	}
 	_, err = d.vc.CreateBacking(ctx, vcenter.BackingSpec{
 		Name: v.name(), VolumeID: v.ID, SizeGB: sizeGB, DiskCapacityKB: disk.CapacityKB, DiskType: v.DiskType, AdapterType: v.AdapterType,
-		Folder: folder, ResourcePool: pl.ResourcePool, Datastore: pl.Datastore.Name, DiskPath: dst.String(),
+		Folder: folder, ResourcePool: pl.ResourcePool, Datastore: pl.Datastore.Name, DiskPath: dst.String(), ProfileID: profileID,
 	})
 	return err
 }

@@ -30,7 +30,9 @@ func simDriver(t *testing.T, re *regexp.Regexp) (*vmdkDriver, *vcenter.Session) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Logout(context.Background()) })
-	return newVMDKDriver(s, nil, re, "Volumes", zerolog.Nop()), s
+	d := newVMDKDriver(s, nil, re, "Volumes", zerolog.Nop())
+	d.pol = newStoragePolicies(vcenter.NewStoragePolicies(s))
+	return d, s
 }
 
 // TestDriverLazyBackingAtConnection: a volume gets its backing at its first
@@ -161,26 +163,56 @@ func TestDriverLazyBackingAtConnection(t *testing.T) {
 	}
 }
 
-// TestDriverPlacement: the datastore regex and free space pick the
-// datastore; none fits: NoValidDatastore.
+// TestDriverPlacement: the datastore regex, free space, the storage
+// profile's compliance and the avoided datastore pick the datastore (the
+// one with the most free space among the rest); none fits:
+// NoValidDatastore; a profile vCenter does not have:
+// ProfileNotFoundException.
 func TestDriverPlacement(t *testing.T) {
-	d, s := simDriver(t, regexp.MustCompile("^none$"))
+	d, s := simDriver(t, nil)
 	ctx := t.Context()
-	if _, err := d.selectPlacement(ctx, 1, vcenter.Ref{}); err == nil || !strings.Contains(err.Error(), "no valid datastore") {
-		t.Errorf("placement with a regex matching nothing: %v", err)
-	}
 	clusters, err := s.Clusters(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.dsRegex = regexp.MustCompile("^" + regexp.QuoteMeta(clusters[0].Datastores[0].Name) + "$")
-	d.inv = nil
-	pl, err := d.selectPlacement(ctx, 1, vcenter.Ref{})
-	if err != nil || pl.Datastore.Name != clusters[0].Datastores[0].Name || pl.ResourcePool.IsZero() {
-		t.Errorf("placement %+v, %v", pl, err)
+	ds0, ds1 := clusters[0].Datastores[0], clusters[0].Datastores[1]
+	if ds1.FreeBytes <= ds0.FreeBytes {
+		t.Fatalf("the simulator's second datastore should have more free space: %+v %+v", ds0, ds1)
 	}
-	if _, err := d.selectPlacement(ctx, 1<<20, vcenter.Ref{}); err == nil {
-		t.Error("a 1 PB volume found a datastore")
+	createTagProfile(ctx, t, s, "gold", "tier", "gold")
+	createTagProfile(ctx, t, s, "empty", "tier", "none")
+	tagDatastore(ctx, t, s, ds0.Ref, "tier", "gold")
+	only0 := regexp.MustCompile("^" + regexp.QuoteMeta(ds0.Name) + "$")
+	for _, tc := range []struct {
+		name    string
+		re      *regexp.Regexp
+		req     placementRequest
+		want    string // datastore name; "" when none fits
+		errText string
+	}{
+		{"most free space", nil, placementRequest{SizeGB: 1}, ds1.Name, ""},
+		{"regex matching nothing", regexp.MustCompile("^none$"), placementRequest{SizeGB: 1}, "", "no valid datastore"},
+		{"regex", only0, placementRequest{SizeGB: 1}, ds0.Name, ""},
+		{"too large", nil, placementRequest{SizeGB: 1 << 20}, "", "no valid datastore"},
+		{"profile", nil, placementRequest{SizeGB: 1, Profile: "gold"}, ds0.Name, ""},
+		{"profile, avoided", nil, placementRequest{SizeGB: 1, Profile: "gold", Avoid: ds0.Ref}, "", "compliant with storage profile"},
+		{"avoided", nil, placementRequest{SizeGB: 1, Avoid: ds1.Ref}, ds0.Name, ""},
+		{"profile without datastores", nil, placementRequest{SizeGB: 1, Profile: "empty"}, "", "no valid datastore"},
+		{"unknown profile", nil, placementRequest{SizeGB: 1, Profile: "bronze"}, "", "Storage profile: bronze not found."},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d.dsRegex = tc.re
+			pl, err := d.selectPlacement(ctx, tc.req)
+			if tc.want == "" {
+				if err == nil || !strings.Contains(err.Error(), tc.errText) {
+					t.Errorf("placement %+v, %v; want an error with %q", pl.Datastore, err, tc.errText)
+				}
+				return
+			}
+			if err != nil || pl.Datastore.Name != tc.want || pl.ResourcePool.IsZero() {
+				t.Errorf("placement %+v, %v; want %s", pl, err, tc.want)
+			}
+		})
 	}
 }
 

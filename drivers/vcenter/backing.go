@@ -94,6 +94,9 @@ type BackingSpec struct {
 	// DiskCapacityKB, when set, is the disk's capacity instead of SizeGB
 	// (an existing disk of any size).
 	DiskCapacityKB int64
+	// ProfileID, when set, is the storage profile the backing and its disk
+	// are associated with (the driver's profileId).
+	ProfileID string
 }
 
 // Backing is a volume backing as read from vCenter.
@@ -107,6 +110,9 @@ type Backing struct {
 	// Template reports a backing marked as template (a snapshot in the
 	// driver's template format).
 	Template bool
+	// HasSnapshots reports VM snapshots on the backing (the driver's
+	// snapshot_exists).
+	HasSnapshots bool
 	// Host is the host the backing is registered on, Folder its parent.
 	Host   Ref
 	Folder Ref
@@ -130,7 +136,7 @@ type Backing struct {
 // backingProperties are read for a Backing.
 var backingProperties = []string{
 	"name", "parent", "runtime.host", "datastore", "config.instanceUuid", "config.template",
-	"config.extraConfig", "config.managedBy", "config.files.vmPathName", "config.hardware.device",
+	"config.extraConfig", "config.managedBy", "config.files.vmPathName", "config.hardware.device", "snapshot",
 }
 
 // controllerFor returns the controller device for an adapter type (nil
@@ -224,6 +230,10 @@ func (s *Session) CreateBacking(ctx context.Context, spec BackingSpec) (Ref, err
 	diskChange := &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: disk}
 	if spec.DiskPath == "" {
 		diskChange.FileOperation = types.VirtualDeviceConfigSpecFileOperationCreate
+	}
+	if spec.ProfileID != "" {
+		cs.VmProfile = vmProfileSpec(spec.ProfileID)
+		diskChange.Profile = vmProfileSpec(spec.ProfileID)
 	}
 	cs.DeviceChange = append(cs.DeviceChange, diskChange)
 	if ctrl != nil {
@@ -320,6 +330,7 @@ func (s *Session) readBacking(ctx context.Context, c *vim25.Client, ref Ref) (Ba
 		return Backing{}, err
 	}
 	b := Backing{Ref: refFrom(m.Self), Name: m.Name, Host: refFromPtr(m.Runtime.Host), Folder: refFromPtr(m.Parent)}
+	b.HasSnapshots = m.Snapshot != nil && len(m.Snapshot.RootSnapshotList) > 0
 	for _, ds := range m.Datastore {
 		b.Datastores = append(b.Datastores, refFrom(ds))
 	}

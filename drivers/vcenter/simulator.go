@@ -162,6 +162,7 @@ func StartSimulator(ctx context.Context, cfg SimulatorConfig) (*Simulator, error
 	}
 	installDVSExtension(m)
 	installMKSExtension(m)
+	installPBMExtension(m)
 	if err := populate(ctx, m, cfg); err != nil {
 		m.Remove()
 		return nil, fmt.Errorf("vcenter simulator: create inventory: %w", err)
