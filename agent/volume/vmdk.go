@@ -24,6 +24,7 @@ type VCenter interface {
 	GetVM(ctx context.Context, ref vcenter.Ref) (vcenter.VM, error)
 	CreateBacking(ctx context.Context, spec vcenter.BackingSpec) (vcenter.Ref, error)
 	FindBacking(ctx context.Context, volumeID string) (vcenter.Backing, error)
+	FindBackingRef(ctx context.Context, volumeID string) (vcenter.Ref, error)
 	GetBacking(ctx context.Context, ref vcenter.Ref) (vcenter.Backing, error)
 	DeleteBacking(ctx context.Context, ref vcenter.Ref) error
 	ExtendBacking(ctx context.Context, b vcenter.Backing, newSizeGB int64) error
@@ -212,10 +213,7 @@ func clusterHasHost(c vcenter.Cluster, host vcenter.Ref) bool {
 // volumeFolder is <vmFolder>/OpenStack/Project (<project>)/<folder>[/Snapshots],
 // created when missing (cached once known).
 func (d *vmdkDriver) volumeFolder(ctx context.Context, datacenter, project string, snapshots bool) (vcenter.Ref, error) {
-	path := []string{"OpenStack", "Project (" + project + ")", d.folder}
-	if snapshots {
-		path = append(path, "Snapshots")
-	}
+	path := d.volumeFolderPath(project, snapshots)
 	key := datacenter + "\x00" + fmt.Sprint(path)
 	d.mu.Lock()
 	ref, ok := d.folders[key]
@@ -231,6 +229,16 @@ func (d *vmdkDriver) volumeFolder(ctx context.Context, datacenter, project strin
 	d.folders[key] = ref
 	d.mu.Unlock()
 	return ref, nil
+}
+
+// volumeFolderPath is the path of a project's volume (or snapshot) folder
+// below the datacenter's VM folder.
+func (d *vmdkDriver) volumeFolderPath(project string, snapshots bool) []string {
+	path := []string{"OpenStack", "Project (" + project + ")", d.folder}
+	if snapshots {
+		path = append(path, "Snapshots")
+	}
+	return path
 }
 
 // forgetFolders drops the cached folders (one was deleted behind our back).
@@ -302,15 +310,18 @@ func (d *vmdkDriver) findBacking(ctx context.Context, volumeID string) (vcenter.
 }
 
 // deleteVolume is the driver's delete_volume: the backing, if any, goes.
+// Only the backing's reference is looked up: delete needs nothing else of
+// it.
 func (d *vmdkDriver) deleteVolume(ctx context.Context, volumeID string) error {
-	b, ok, err := d.findBacking(ctx, volumeID)
-	if err != nil || !ok {
-		if err == nil {
-			d.log.Info().Str("volume_id", volumeID).Msg("backing not available, no operation to be performed")
-		}
+	ref, err := d.vc.FindBackingRef(ctx, volumeID)
+	if errors.Is(err, vcenter.ErrNotFound) {
+		d.log.Info().Str("volume_id", volumeID).Msg("backing not available, no operation to be performed")
+		return nil
+	}
+	if err != nil {
 		return err
 	}
-	return d.vc.DeleteBacking(ctx, b.Ref)
+	return d.vc.DeleteBacking(ctx, ref)
 }
 
 // extendVolume is the driver's extend_volume: the backing's disk grows;
@@ -435,7 +446,9 @@ func (d *vmdkDriver) hostSeesAll(ctx context.Context, host vcenter.Ref, ds []vce
 // with vmware_snapshot_format = template clones the backing, full, into
 // the project's Volumes/Snapshots folder on the backing's datastore, as a
 // template, and returns its inventory path as provider_location. A volume
-// without a backing gets no snapshot (provider_location null).
+// without a backing gets no snapshot (provider_location null). The
+// template's path is the snapshot folder's path plus its name, both known
+// here, so vCenter is not asked for it.
 func (d *vmdkDriver) createSnapshot(ctx context.Context, v volumeSpec, snapshotID string) (providerLocation string, err error) {
 	b, ok, err := d.findBacking(ctx, v.ID)
 	if err != nil || !ok {
@@ -456,32 +469,32 @@ func (d *vmdkDriver) createSnapshot(ctx context.Context, v volumeSpec, snapshotI
 	if len(b.Datastores) > 0 {
 		spec.Datastore = b.Datastores[0]
 	}
-	tmpl, err := d.vc.CloneBacking(ctx, b.Ref, spec)
-	if err != nil {
+	if _, err := d.vc.CloneBacking(ctx, b.Ref, spec); err != nil {
 		return "", err
 	}
-	path, err := d.vc.InventoryPath(ctx, tmpl)
-	if err != nil {
-		if derr := d.vc.DeleteBacking(context.WithoutCancel(ctx), tmpl); derr != nil {
-			d.log.Error().Err(derr).Str("vm", tmpl.Value).Msg("cannot delete the snapshot template")
-		}
-		return "", err
-	}
-	return path, nil
+	return vcenter.VMInventoryPath(dcName, d.volumeFolderPath(v.ProjectID, true), spec.Name), nil
 }
 
 // datacenterOf is the datacenter name of the backend's cluster holding
-// host.
+// host. A host's datacenter does not change while it stays in the cluster,
+// so the cached inventory is used however old it is; vCenter is read only
+// when the host is not in it (a host added since).
 func (d *vmdkDriver) datacenterOf(ctx context.Context, host vcenter.Ref) (string, error) {
-	for _, fresh := range []bool{false, true} {
-		clusters, err := d.inventory(ctx, fresh)
-		if err != nil {
-			return "", err
+	d.mu.Lock()
+	cached := d.inv
+	d.mu.Unlock()
+	for _, c := range cached {
+		if clusterHasHost(c, host) {
+			return c.Datacenter, nil
 		}
-		for _, c := range clusters {
-			if clusterHasHost(c, host) {
-				return c.Datacenter, nil
-			}
+	}
+	clusters, err := d.inventory(ctx, true)
+	if err != nil {
+		return "", err
+	}
+	for _, c := range clusters {
+		if clusterHasHost(c, host) {
+			return c.Datacenter, nil
 		}
 	}
 	return "", fmt.Errorf("host %s is not in the backend's clusters", host.Value)

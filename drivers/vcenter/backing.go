@@ -292,20 +292,51 @@ func (s *Session) FindBacking(ctx context.Context, volumeID string) (Backing, er
 	if volumeID == "" {
 		return Backing{}, wrapErr(op, fmt.Errorf("%w: empty volume id", ErrInvalidArgument))
 	}
-	res, err := methods.FindAllByUuid(ctx, c, &types.FindAllByUuid{
-		This: *c.ServiceContent.SearchIndex, Uuid: volumeID, VmSearch: true, InstanceUuid: types.NewBool(true),
-	})
+	ref, err := findBackingRef(ctx, c, volumeID)
 	if err != nil {
 		return Backing{}, wrapErr(op, err)
 	}
-	if len(res.Returnval) == 0 {
-		return Backing{}, wrapErr(op, ErrNotFound)
-	}
-	b, err := s.readBacking(ctx, c, refFrom(res.Returnval[0]))
+	b, err := s.readBacking(ctx, c, ref)
 	if err != nil {
 		return Backing{}, wrapVMErr(op, err)
 	}
 	return b, nil
+}
+
+// FindBackingRef returns the reference of a volume's backing, found as
+// FindBacking finds it but without reading the backing: for the callers
+// that need only the reference (delete_volume). A volume without a backing
+// fails with ErrNotFound.
+//
+// Cost: 1 SOAP round trip (FindAllByUuid).
+func (s *Session) FindBackingRef(ctx context.Context, volumeID string) (Ref, error) {
+	op := fmt.Sprintf("find backing of volume %s", volumeID)
+	c := s.activeClient()
+	if c == nil {
+		return Ref{}, wrapErr(op, ErrNotLoggedIn)
+	}
+	if volumeID == "" {
+		return Ref{}, wrapErr(op, fmt.Errorf("%w: empty volume id", ErrInvalidArgument))
+	}
+	ref, err := findBackingRef(ctx, c, volumeID)
+	if err != nil {
+		return Ref{}, wrapErr(op, err)
+	}
+	return ref, nil
+}
+
+// findBackingRef looks a backing up by its instance UUID (the volume id).
+func findBackingRef(ctx context.Context, c *vim25.Client, volumeID string) (Ref, error) {
+	res, err := methods.FindAllByUuid(ctx, c, &types.FindAllByUuid{
+		This: *c.ServiceContent.SearchIndex, Uuid: volumeID, VmSearch: true, InstanceUuid: types.NewBool(true),
+	})
+	if err != nil {
+		return Ref{}, err
+	}
+	if len(res.Returnval) == 0 {
+		return Ref{}, ErrNotFound
+	}
+	return refFrom(res.Returnval[0]), nil
 }
 
 // GetBacking reads the backing (or any VM) ref.
@@ -626,6 +657,20 @@ func (s *Session) InventoryPath(ctx context.Context, ref Ref) (string, error) {
 		p = n.parent
 	}
 	return "/" + strings.Join(append(parts, self.name), "/"), nil
+}
+
+// VMInventoryPath returns the inventory path InventoryPath reads for an
+// entity named name in the VM folder EnsureFolderPath(datacenter,
+// folders...) returns: "/<datacenter>/vm/<folders>/<name>", the folder
+// names and name escaped as vCenter stores them ("/" as %2f, "%" as %25).
+// It lets a caller that created the entity there know its path without
+// asking vCenter.
+func VMInventoryPath(datacenter string, folders []string, name string) string {
+	parts := []string{"", strings.Trim(datacenter, "/"), "vm"}
+	for _, f := range folders {
+		parts = append(parts, escapeName(f))
+	}
+	return strings.Join(append(parts, escapeName(name)), "/")
 }
 
 // FindByInventoryPath returns the entity at an inventory path (with or

@@ -44,6 +44,13 @@ func TestBackingLifecycle(t *testing.T) {
 	if b.DiskCapacityKB != 2<<20 || b.DiskUUID != id || !strings.HasPrefix(b.DiskPath, "["+e.ds.Name+"] ") {
 		t.Errorf("backing disk %q %d KiB uuid %q", b.DiskPath, b.DiskCapacityKB, b.DiskUUID)
 	}
+	before = e.s.Calls()
+	if r, err := e.s.FindBackingRef(ctx, id); err != nil || r != ref {
+		t.Errorf("FindBackingRef = %v, %v; want %v", r, err, ref)
+	}
+	if d := delta(before, e.s.Calls()); len(d) != 1 || d["FindAllByUuid"] != 1 {
+		t.Errorf("FindBackingRef calls: %v, want FindAllByUuid only", d)
+	}
 	vm, err := e.s.GetVM(ctx, ref)
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +77,9 @@ func TestBackingLifecycle(t *testing.T) {
 	path, err := e.s.InventoryPath(ctx, tmpl)
 	if want := "/" + e.cluster.Datacenter + "/vm/OpenStack/Project (p1)/Volumes/Snapshots/snapshot-s1"; err != nil || path != want {
 		t.Fatalf("InventoryPath = %q, %v; want %q", path, err, want)
+	}
+	if known := VMInventoryPath(e.cluster.Datacenter, []string{"OpenStack", "Project (p1)", "Volumes", "Snapshots"}, "snapshot-s1"); known != path {
+		t.Errorf("VMInventoryPath = %q, vCenter says %q", known, path)
 	}
 	if found, err := e.s.FindByInventoryPath(ctx, path); err != nil || found != tmpl {
 		t.Fatalf("FindByInventoryPath(%q) = %v, %v; want %v", path, found, err, tmpl)
@@ -115,6 +125,12 @@ func TestBackingLifecycle(t *testing.T) {
 	if _, err := e.s.FindBacking(ctx, id); !errors.Is(err, ErrNotFound) {
 		t.Errorf("FindBacking after delete: %v", err)
 	}
+	if _, err := e.s.FindBackingRef(ctx, id); !errors.Is(err, ErrNotFound) {
+		t.Errorf("FindBackingRef after delete: %v", err)
+	}
+	if _, err := e.s.FindBackingRef(ctx, ""); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("FindBackingRef of no volume: %v", err)
+	}
 	if _, err := e.s.FindByInventoryPath(ctx, path); !errors.Is(err, ErrNotFound) {
 		t.Errorf("template after delete: %v", err)
 	}
@@ -137,6 +153,46 @@ func TestCreateBackingInvalid(t *testing.T) {
 		if _, err := e.s.CreateBacking(t.Context(), BackingSpec{Name: "volume-" + a, VolumeID: id, SizeGB: 1, AdapterType: a, DiskType: BackingDiskEagerZeroedThick,
 			Folder: e.folder, ResourcePool: e.cluster.ResourcePool, Datastore: e.ds.Name}); err != nil {
 			t.Errorf("adapter %s: %v", a, err)
+		}
+	}
+}
+
+// TestVMInventoryPath: the path of an entity in a VM folder, as vCenter
+// reports it (InventoryPath), folder names with "/" and "%" included.
+func TestVMInventoryPath(t *testing.T) {
+	t.Parallel()
+	e := newVMEnv(t)
+	ctx := t.Context()
+	tests := []struct {
+		folders []string
+		name    string
+		want    string
+	}{
+		{[]string{"OpenStack", "Project (p1)", "Volumes", "Snapshots"}, "snapshot-s1",
+			"/" + e.cluster.Datacenter + "/vm/OpenStack/Project (p1)/Volumes/Snapshots/snapshot-s1"},
+		{[]string{"OpenStack", "Project (a/b)", "50% off"}, "snapshot-y",
+			"/" + e.cluster.Datacenter + "/vm/OpenStack/Project (a%2fb)/50%25 off/snapshot-y"},
+	}
+	for i, tc := range tests {
+		got := VMInventoryPath(e.cluster.Datacenter, tc.folders, tc.name)
+		if got != tc.want {
+			t.Errorf("VMInventoryPath(%q, %q) = %q, want %q", tc.folders, tc.name, got, tc.want)
+		}
+		folder, err := e.s.EnsureFolderPath(ctx, e.cluster.Datacenter, tc.folders...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := "6f7a2b0c-1d2e-4f30-8a4b-5c6d7e8f9c0" + string(rune('0'+i))
+		ref, err := e.s.CreateBacking(ctx, BackingSpec{Name: tc.name, VolumeID: id, SizeGB: 1,
+			Folder: folder, ResourcePool: e.cluster.ResourcePool, Datastore: e.ds.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if path, err := e.s.InventoryPath(ctx, ref); err != nil || path != got {
+			t.Errorf("vCenter's path = %q, %v; VMInventoryPath %q", path, err, got)
+		}
+		if found, err := e.s.FindByInventoryPath(ctx, got); err != nil || found != ref {
+			t.Errorf("FindByInventoryPath(%q) = %v, %v; want %v", got, found, err, ref)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -45,6 +46,8 @@ type Session struct {
 	dcRefs  sync.Map
 	relogRT *reloginRoundTripper // the client's RoundTripper
 	tasks   chan struct{}        // the task budget: one token per running task
+	// taskPolls counts task state reads (TaskPolls).
+	taskPolls atomic.Int64
 	// vncMu serialises this session's VNC port allocations, as nova's
 	// @utils.synchronized('vmware.get_and_set_vnc_port') does.
 	vncMu sync.Mutex

@@ -100,6 +100,7 @@ func TestWaitTask(t *testing.T) {
 		t.Fatalf("WaitTask = %+v, %v", res, err)
 	}
 	// Same state: vcsim fails the task with InvalidPowerState.
+	polls := e.s.TaskPolls()
 	d := vmMeasure(t, e.s, "failing task", func() error {
 		_, err = e.s.WaitTask(ctx, "power on again", start())
 		return nil
@@ -114,6 +115,9 @@ func TestWaitTask(t *testing.T) {
 	}
 	if d["PowerOnVM_Task"] != 1 || d["RetrievePropertiesEx"] < 1 || vmTotal(d) > 7 {
 		t.Errorf("calls = %v, want PowerOnVM_Task + 1-6 polls", d)
+	}
+	if n := e.s.TaskPolls() - polls; n != d["RetrievePropertiesEx"] {
+		t.Errorf("TaskPolls grew by %d, want %d (every property read of WaitTask is a poll)", n, d["RetrievePropertiesEx"])
 	}
 
 	cctx, cancel := context.WithCancel(ctx)
@@ -185,5 +189,38 @@ func TestTaskBudget(t *testing.T) {
 	}
 	if got := s.TasksInFlight(); got != 0 {
 		t.Errorf("TasksInFlight after all ended = %d, want 0", got)
+	}
+}
+
+// TestTaskPollSchedule: how many polls a task costs by how long it runs.
+// A task the simulator finishes at once costs one poll; long tasks are
+// polled about every 0.5 s, as oslo.vmware does.
+func TestTaskPollSchedule(t *testing.T) {
+	t.Parallel()
+	polls := func(d time.Duration) int {
+		var at time.Duration
+		for n := 0; ; n++ {
+			at += taskPollDelay(n)
+			if at >= d {
+				return n + 1
+			}
+		}
+	}
+	tests := []struct {
+		task time.Duration
+		want int
+	}{
+		{0, 1},
+		{20 * time.Millisecond, 1},
+		{100 * time.Millisecond, 2},
+		{500 * time.Millisecond, 3},
+		{time.Second, 4},
+		{10 * time.Second, 22},
+		{time.Minute, 122},
+	}
+	for _, tc := range tests {
+		if got := polls(tc.task); got != tc.want {
+			t.Errorf("a %s task costs %d polls, want %d", tc.task, got, tc.want)
+		}
 	}
 }
