@@ -11,9 +11,14 @@
 //
 // The lifecycle (boot, stop, start, soft and hard reboot, delete) runs
 // VCAGENT_BENCH_REPEAT times (default 3) and the table shows medians; then
-// 10 boots in a row and 10 in one request (min = max = 10), each deleted.
-// Every figure is from the API request to the settled state, polled every
-// 100 ms; the two computes take turns going first.
+// 10 boots in a row and 10 in one request (min = max = 10), each deleted;
+// then every server action, VCAGENT_BENCH_REPEAT times on a new server
+// per side (rows marked "·", medians): boot, stop, start, soft and hard
+// reboot, suspend, resume, rescue, unrescue, rebuild, snapshot (until its
+// image is active), shelve (until offloaded), unshelve, resize + confirm
+// (same host), resize growing the disk + revert, VNC console URL,
+// diagnostics, delete. Every figure is from the API request to the settled
+// state, polled every 100 ms; the two computes take turns going first.
 //
 // The simulator is integration/pyvmware (govmomi's, with the fixes the Python
 // driver needs; see its README) with two clusters: DC0_C0 for the Python
@@ -99,7 +104,10 @@ func BenchmarkVMwareSideBySide(b *testing.B) {
 	if out, err := ctrl.NovaManage(ctx, "cell_v2", "discover_hosts"); err != nil {
 		b.Fatalf("discover_hosts: %v\n%s", err, out)
 	}
-	pySide.pid = startPythonCompute(b, ctrl, pySide.host, vc)
+	// [vnc] enabled, nova's default and the agent's (the control plane's
+	// nova-compute.conf turns it off): the console URL is measured, and
+	// the driver's spawn then looks for a free VNC port as in production.
+	pySide.pid = startPythonCompute(b, ctrl, pySide.host, vc, "VC_VNC_ENABLED=True")
 	for _, s := range sides {
 		_, s.rssKiB["idle"], _ = procStats(s.pid)
 		s.cpu0, _, _ = procStats(s.pid)
@@ -192,14 +200,75 @@ func BenchmarkVMwareSideBySide(b *testing.B) {
 	})
 	measure("delete the 10 of one request", func(s *vmwSide) { vmwDelete(b, ctrl, many[s.name]...) })
 	for _, s := range sides {
-		_, s.rssKiB["after 10 in one request"], s.rssKiB["peak"] = procStats(s.pid)
+		_, s.rssKiB["after 10 in one request"], _ = procStats(s.pid)
+	}
+
+	// Every server action of the issue, on one server per side, each side's
+	// host alone in an availability zone of its own so that the resizes
+	// (allow_resize_to_same_host, set in the control plane's nova.conf)
+	// and the unshelve stay on it, as TestAgentMatchesPythonVMwareCompute
+	// does. The sequence runs `repeat` times; the rows are medians.
+	actionsFrom := len(ops)
+	azs := vmwZones(b, ctrl, suffix, sides)
+	flavorSame, flavorBigger := vmwFlavors(b, ctrl, suffix)
+	var snapshots []string
+	b.Cleanup(func() {
+		for _, id := range snapshots {
+			_, _ = ctrl.Do(context.Background(), "DELETE", ctrl.GlanceURL+"/v2/images/"+id, nil, nil)
+		}
+	})
+	for i := range repeat {
+		measure("· boot", func(s *vmwSide) {
+			ids[s.name] = vmwBootIn(b, ctrl, s.host, azs[s.name], image, fmt.Sprintf("act%d", i))
+		})
+		measure("· stop", action(map[string]any{"os-stop": nil}, "SHUTOFF"))
+		measure("· start", action(map[string]any{"os-start": nil}, "ACTIVE"))
+		measure("· reboot soft", action(map[string]any{"reboot": map[string]any{"type": "SOFT"}}, "ACTIVE"))
+		measure("· reboot hard", action(map[string]any{"reboot": map[string]any{"type": "HARD"}}, "ACTIVE"))
+		measure("· suspend", action(map[string]any{"suspend": nil}, "SUSPENDED"))
+		measure("· resume", action(map[string]any{"resume": nil}, "ACTIVE"))
+		measure("· rescue", action(map[string]any{"rescue": map[string]any{}}, "RESCUE"))
+		measure("· unrescue", action(map[string]any{"unrescue": nil}, "ACTIVE"))
+		measure("· rebuild (same image)", action(map[string]any{"rebuild": map[string]any{"imageRef": image}}, "ACTIVE"))
+		measure("· snapshot (until image active)", func(s *vmwSide) {
+			snapshots = append(snapshots, vmwSnapshot(b, ctrl, ids[s.name], fmt.Sprintf("bench-snap-%s-%s-%d", suffix, s.name, i)))
+		})
+		measure("· shelve (offloaded)", action(map[string]any{"shelve": nil}, "SHELVED_OFFLOADED"))
+		measure("· unshelve", action(map[string]any{"unshelve": nil}, "ACTIVE"))
+		measure("· resize (same host)", action(map[string]any{"resize": map[string]any{"flavorRef": flavorSame}}, "VERIFY_RESIZE"))
+		measure("· resize confirm", action(map[string]any{"confirmResize": nil}, "ACTIVE"))
+		measure("· resize (disk grows)", action(map[string]any{"resize": map[string]any{"flavorRef": flavorBigger}}, "VERIFY_RESIZE"))
+		measure("· resize revert", action(map[string]any{"revertResize": nil}, "ACTIVE"))
+		measure("· VNC console URL", func(s *vmwSide) {
+			out, err := ctrl.NovaPOST(ctx, "/servers/"+ids[s.name]+"/remote-consoles",
+				map[string]any{"remote_console": map[string]any{"protocol": "vnc", "type": "novnc"}})
+			if err != nil {
+				b.Fatalf("%s: VNC console: %v", s.name, err)
+			}
+			if c, _ := out["remote_console"].(map[string]any); c["url"] == nil {
+				b.Fatalf("%s: VNC console without URL: %v", s.name, out)
+			}
+		})
+		measure("· diagnostics", func(s *vmwSide) {
+			out, err := ctrl.NovaGET(ctx, "/servers/"+ids[s.name]+"/diagnostics")
+			if err != nil {
+				b.Fatalf("%s: diagnostics: %v", s.name, err)
+			}
+			if out["state"] == nil {
+				b.Fatalf("%s: diagnostics without state: %v", s.name, out)
+			}
+		})
+		measure("· delete", func(s *vmwSide) { vmwDelete(b, ctrl, ids[s.name]) })
+	}
+	for _, s := range sides {
+		_, s.rssKiB["after every action"], s.rssKiB["peak"] = procStats(s.pid)
 	}
 
 	// The table: medians of the samples.
 	var rows []vmwRow
 	for _, op := range ops {
 		row := vmwRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
-		if n := len(samples[op]); n > 1 {
+		if n := len(samples[op]); n > 1 && !strings.HasPrefix(op, "· ") {
 			row.op = fmt.Sprintf("%s (median of %d)", op, n)
 		}
 		for _, s := range sides {
@@ -218,12 +287,15 @@ func BenchmarkVMwareSideBySide(b *testing.B) {
 	var out strings.Builder
 	fmt.Fprintf(&out, "\nvcagent vs Python nova-compute (VMwareVCDriver), same control plane and vCenter simulator\n")
 	fmt.Fprintf(&out, "%-38s %10s %10s %8s   %12s %12s\n", "operation (until settled)", "agent s", "python s", "py/agent", "agent calls", "python calls")
-	for _, r := range rows {
+	for i, r := range rows {
+		if i == actionsFrom {
+			fmt.Fprintf(&out, "every server action, one server per side in its own zone (· median of %d)\n", repeat)
+		}
 		fmt.Fprintf(&out, "%-38s %10.2f %10.2f %7.1fx   %12d %12d\n", r.op, r.secs["agent"], r.secs["python"],
 			r.secs["python"]/r.secs["agent"], r.calls["agent"], r.calls["python"])
 	}
 	fmt.Fprintf(&out, "\n%-34s %10s %10s %8s\n", "RSS of the compute process (MiB)", "agent", "python", "py/agent")
-	for _, k := range []string{"idle", "after lifecycle", "after 10 in a row", "after 10 in one request", "peak"} {
+	for _, k := range []string{"idle", "after lifecycle", "after 10 in a row", "after 10 in one request", "after every action", "peak"} {
 		a, p := float64(agentSide.rssKiB[k])/1024, float64(pySide.rssKiB[k])/1024
 		fmt.Fprintf(&out, "%-34s %10.1f %10.1f %7.1fx\n", k, a, p, p/a)
 	}
@@ -371,6 +443,95 @@ func vmwDelete(b *testing.B, ctrl *cp.ControlPlane, ids ...string) {
 				b.Fatalf("server %s not deleted within 120 s", id)
 			}
 			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// vmwZones puts each side's host alone in an availability zone of its own
+// (an aggregate, removed at the end) and returns the zones by side.
+func vmwZones(b *testing.B, ctrl *cp.ControlPlane, suffix string, sides []*vmwSide) map[string]string {
+	b.Helper()
+	ctx := context.Background()
+	azs := map[string]string{}
+	for _, s := range sides {
+		az := "bench-" + s.name + "-" + suffix
+		agg, err := ctrl.NovaPOST(ctx, "/os-aggregates", map[string]any{"aggregate": map[string]any{"name": az, "availability_zone": az}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		aggID := agg["aggregate"].(map[string]any)["id"]
+		host := s.host
+		b.Cleanup(func() {
+			_, _ = ctrl.NovaPOST(context.Background(), fmt.Sprintf("/os-aggregates/%v/action", aggID), map[string]any{"remove_host": map[string]any{"host": host}})
+			_, _ = ctrl.NovaDELETE(context.Background(), fmt.Sprintf("/os-aggregates/%v", aggID))
+		})
+		if _, err := ctrl.NovaPOST(ctx, fmt.Sprintf("/os-aggregates/%v/action", aggID), map[string]any{"add_host": map[string]any{"host": host}}); err != nil {
+			b.Fatal(err)
+		}
+		azs[s.name] = az
+	}
+	return azs
+}
+
+// vmwFlavors makes the resize flavors: one bigger in memory with the root
+// disk of flavor 42, one bigger in vCPUs, memory and root disk.
+func vmwFlavors(b *testing.B, ctrl *cp.ControlPlane, suffix string) (same, bigger string) {
+	b.Helper()
+	same, bigger = "bench-a-"+suffix, "bench-b-"+suffix
+	for id, f := range map[string]map[string]any{
+		same:   {"ram": 128, "vcpus": 1, "disk": 1},
+		bigger: {"ram": 192, "vcpus": 2, "disk": 2},
+	} {
+		f["name"], f["id"] = id, id
+		if _, err := ctrl.NovaPOST(context.Background(), "/flavors", map[string]any{"flavor": f}); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _, _ = ctrl.NovaDELETE(context.Background(), "/flavors/"+id) })
+	}
+	return same, bigger
+}
+
+// vmwBootIn boots one server on host in zone az and waits until it is
+// ACTIVE.
+func vmwBootIn(b *testing.B, ctrl *cp.ControlPlane, host, az, image, name string) string {
+	b.Helper()
+	created, err := ctrl.NovaPOST(context.Background(), "/servers", map[string]any{"server": map[string]any{
+		"name": name, "imageRef": image, "flavorRef": "42", "networks": "none", "availability_zone": az, "host": host,
+	}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := created["server"].(map[string]any)["id"].(string)
+	b.Cleanup(func() { _, _ = ctrl.NovaDELETE(context.Background(), "/servers/"+id) })
+	vmwWait(b, ctrl, id, 300*time.Second, "ACTIVE")
+	return id
+}
+
+// vmwSnapshot snapshots the server (createImage) and waits until it is
+// ACTIVE without a task again and its image is active in glance; it
+// returns the image.
+func vmwSnapshot(b *testing.B, ctrl *cp.ControlPlane, id, name string) string {
+	b.Helper()
+	ctx := context.Background()
+	out, err := ctrl.NovaPOST(ctx, "/servers/"+id+"/action", map[string]any{"createImage": map[string]any{"name": name}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	img, _ := out["image_id"].(string)
+	if img == "" {
+		b.Fatalf("createImage answered %v", out)
+	}
+	vmwWait(b, ctrl, id, 300*time.Second, "ACTIVE")
+	for deadline := time.Now().Add(120 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		v, err := ctrl.Do(ctx, "GET", ctrl.GlanceURL+"/v2/images/"+img, nil, nil)
+		if err != nil {
+			b.Fatalf("snapshot image %s: %v", img, err)
+		}
+		if v["status"] == "active" {
+			return img
+		}
+		if st := v["status"]; (st != "queued" && st != "saving") || time.Now().After(deadline) {
+			b.Fatalf("snapshot image %s is %v", img, st)
 		}
 	}
 }

@@ -149,7 +149,7 @@ func TestSnapshotShelveUnshelve(t *testing.T) {
 	}
 	t.Logf("snapshot image %s active after %s, %v bytes", snapID, time.Since(t0).Round(time.Millisecond), snap["size"])
 	for k, want := range map[string]any{"status": "active", "disk_format": "vmdk", "container_format": "bare",
-		"vmware_disktype": "streamOptimized", "vmware_adaptertype": "lsiLogic", "vmware_ostype": "otherGuest", "vmware_image_version": "1"} {
+		"vmware_disktype": "streamOptimized", "vmware_adaptertype": "lsiLogic", "image_type": "snapshot", "vmware_image_version": "1"} {
 		if snap[k] != want {
 			t.Errorf("snapshot image %s = %v, want %v", k, snap[k], want)
 		}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -158,12 +157,12 @@ func (l *lifecycle) driverSnapshot(ctx context.Context, rc rpc.Context, inst *ov
 }
 
 // uploadStreamOptimized is nova's images.upload_image_stream_optimized:
-// the image's metadata replaced (disk_format vmdk, container_format bare,
-// vmware_disktype streamOptimized, vmware_image_version 1, owner_id; the
-// other properties purged, as nova's IMAGE_API.update does), then the data
-// streamed to glance. vmware_adaptertype and vmware_ostype are set from the
-// VM as older VMware drivers did, so that the image boots with the same
-// controller and guest.
+// the image's metadata updated (disk_format vmdk, container_format bare,
+// vmware_disktype streamOptimized, vmware_image_version 1, owner_id), then
+// the data streamed to glance. Like nova's IMAGE_API.update (purge_props
+// False) it keeps every other property of the image nova-api created
+// (image_type, instance_uuid, the base image's vmware_adaptertype, ...)
+// and adds no vmware_adaptertype or vmware_ostype of its own.
 func (l *lifecycle) uploadStreamOptimized(ctx context.Context, iw imageWriter, token, imageID string, inst *ovo.Object, info vcenter.ExportInfo, r io.Reader) error {
 	meta, err := l.images.Image(ctx, token, imageID)
 	if err != nil {
@@ -173,17 +172,9 @@ func (l *lifecycle) uploadStreamOptimized(ctx context.Context, iw imageWriter, t
 		"vmware_image_version": "1",
 		"vmware_disktype":      string(vcenter.DiskKindStreamOptimized),
 		"owner_id":             inst.StringOrEmpty("project_id"),
-		"vmware_adaptertype":   info.AdapterType,
-		"vmware_ostype":        info.GuestID,
-	}
-	var remove []string
-	for k := range meta.Properties {
-		if _, keep := props[k]; !keep && !strings.HasPrefix(k, "os_glance") {
-			remove = append(remove, k)
-		}
 	}
 	if err := iw.UpdateImage(ctx, token, imageID, cloud.ImageUpdate{
-		Name: meta.Name, DiskFormat: "vmdk", ContainerFormat: "bare", Properties: props, Remove: remove,
+		Name: meta.Name, DiskFormat: "vmdk", ContainerFormat: "bare", Properties: props,
 	}); err != nil {
 		return err
 	}

@@ -101,6 +101,9 @@ func main() {
 	}
 	shapeInventory(model.Map(), ip)
 	installWrappers(model.Map())
+	// ExportVm (and the linked clones it exports): export.go.
+	ex := newExports()
+	model.Map().Handler = ex.handler
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*user, *pass)}
 	model.Service.TLS = new(tls.Config)
@@ -111,6 +114,7 @@ func main() {
 	})
 	counts := newCounter()
 	model.Service.ServeMux.HandleFunc("/vcsim/counts", counts.serve)
+	model.Service.ServeMux.HandleFunc(exportPrefix, ex.serve)
 	srv := model.Service.NewServer()
 	// Every request passes the middleware: counting, and the request
 	// rewrites the Python client needs. The server reads its handler per
@@ -118,6 +122,7 @@ func main() {
 	srv.Config.Handler = middleware(srv.Config.Handler, counts, schema, datacenterName(model.Map()))
 
 	bare := url.URL{Scheme: srv.URL.Scheme, Host: srv.URL.Host, Path: srv.URL.Path}
+	ex.setBase(srv.URL.Scheme + "://" + srv.URL.Host)
 	line, _ := json.Marshal(map[string]any{"url": bare.String(), "user": *user, "password": *pass, "pid": os.Getpid()})
 	fmt.Println(string(line))
 

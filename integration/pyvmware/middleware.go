@@ -103,8 +103,11 @@ func middleware(next http.Handler, counts *counter, schema *schema, dcName strin
 			r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 		default:
 			p := r.URL.Path
-			if strings.HasPrefix(p, "/folder/") {
+			switch {
+			case strings.HasPrefix(p, "/folder/"):
 				p = "/folder"
+			case strings.HasPrefix(p, "/nfc/"), strings.HasPrefix(p, exportPrefix):
+				p = p[:strings.IndexByte(p[1:], '/')+1]
 			}
 			counts.add(client, r.Method+" "+p)
 			// An ESX host serves its datastores under the datacenter

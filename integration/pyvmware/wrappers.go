@@ -150,7 +150,14 @@ func (w *walker) walk(ref types.ManagedObjectReference, set []types.BaseSelectio
 		var next []types.ManagedObjectReference
 		w.ctx.WithLock(obj, func() { next = refsAt(obj, ts.Path) })
 		for _, n := range next {
-			if !isTrue(ts.Skip) {
+			// Only objects the registry still has: vCenter never reaches
+			// a deleted object, but the simulator's inventory can still
+			// list one (MarkAsTemplate clears a VM's resourcePool and
+			// leaves the VM in the pool's vm list, so a destroyed
+			// template, such as the linked clone of nova's snapshot, stays
+			// there), and the simulator then faults the whole retrieval
+			// with ManagedObjectNotFound.
+			if !isTrue(ts.Skip) && w.lookup(n) != nil {
 				w.add(n)
 			}
 			w.walk(n, ts.SelectSet)
