@@ -48,6 +48,18 @@ func rszSetUp(t *testing.T, hosts map[string]string, nodes int) *rszEnv {
 	if out, err := ctrl.NovaManage(ctx, "cell_v2", "discover_hosts"); err != nil {
 		t.Fatalf("discover_hosts: %v\n%s", err, out)
 	}
+	names := make([]string, 0, len(hosts))
+	for host := range hosts {
+		names = append(names, host)
+	}
+	return newRszEnv(t, ctrl, vc, names, nodes)
+}
+
+// newRszEnv is the set-up of rszSetUp once the hosts' agents are up: the
+// hosts' nodes, an availability zone of their own and an image.
+func newRszEnv(t *testing.T, ctrl *cp.ControlPlane, vc *vcenter.Session, hosts []string, nodes int) *rszEnv {
+	t.Helper()
+	ctx := context.Background()
 	e := &rszEnv{ctrl: ctrl, vc: vc, nodes: map[string]string{}, pools: map[string]vcenter.Ref{}}
 	// Every node must exist before the hosts join the zone: nova-api puts
 	// the nodes the host has then into the placement aggregate.
@@ -56,7 +68,7 @@ func rszSetUp(t *testing.T, hosts map[string]string, nodes int) *rszEnv {
 		t.Fatal(err)
 	}
 	total := 0
-	for host := range hosts {
+	for _, host := range hosts {
 		for name, hv := range hypervisorsOf(t, ctrl, host, nodes/len(hosts)) {
 			e.nodes[name] = fmt.Sprint(hv["id"])
 			total++
@@ -90,7 +102,7 @@ func rszSetUp(t *testing.T, hosts map[string]string, nodes int) *rszEnv {
 		t.Fatal(err)
 	}
 	aggID := agg["aggregate"].(map[string]any)["id"]
-	for host := range hosts {
+	for _, host := range hosts {
 		if _, err := ctrl.NovaPOST(ctx, fmt.Sprintf("/os-aggregates/%v/action", aggID), map[string]any{"add_host": map[string]any{"host": host}}); err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +135,7 @@ func rszSetUp(t *testing.T, hosts map[string]string, nodes int) *rszEnv {
 		}
 	}
 	t.Cleanup(func() {
-		for host := range hosts {
+		for _, host := range hosts {
 			_, _ = ctrl.NovaPOST(ctx, fmt.Sprintf("/os-aggregates/%v/action", aggID), map[string]any{"remove_host": map[string]any{"host": host}})
 		}
 		_, _ = ctrl.NovaDELETE(ctx, fmt.Sprintf("/os-aggregates/%v", aggID))

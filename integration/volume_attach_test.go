@@ -184,24 +184,35 @@ func TestVolumeAttach(t *testing.T) {
 // simulator the test owns, and waits until nova and cinder both use it.
 func volumeComputeAgent(ctx context.Context, t *testing.T, prefix string, extraEnv ...string) (*cp.ControlPlane, *vcenter.Session, string, string) {
 	t.Helper()
+	vcEnv, vc := testVCenter(t)
+	ctrl, host, typ := volumeComputeAgentOn(ctx, t, vcEnv, prefix, extraEnv...)
+	return ctrl, vc, host, typ
+}
+
+// cinderEndpointEnv is the compute role's cinder endpoint: nova's
+// [cinder] endpoint_template, with the request's project.
+func cinderEndpointEnv(ctrl *cp.ControlPlane) string {
+	return "VCAGENT_CINDER_ENDPOINT=" + ctrl.CinderURL[:strings.Index(ctrl.CinderURL, "/v3")] + "/v3/%(project_id)s"
+}
+
+// volumeComputeAgentOn is volumeComputeAgent on the simulator of vcEnv.
+func volumeComputeAgentOn(ctx context.Context, t *testing.T, vcEnv []string, prefix string, extraEnv ...string) (*cp.ControlPlane, string, string) {
+	t.Helper()
 	ctrl := controlPlane(t)
 	if ctrl.CinderURL == "" || ctrl.CinderDB == "" {
 		t.Fatalf("env.json of %s has no cinder_url or cinder_db: re-run up.sh", ctrl.Work)
 	}
-	vcEnv, vc := testVCenter(t)
 	suffix := fmt.Sprint(time.Now().Unix() % 100000)
 	host := prefix + suffix
 	backendName := strings.ReplaceAll(strings.TrimPrefix(prefix, "vcagent-"), "-", "") + suffix
 	backend := host + "@" + backendName
-	// nova's [cinder] endpoint_template, with the request's project
-	cinderRoot := ctrl.CinderURL[:strings.Index(ctrl.CinderURL, "/v3")]
 	env := append(computeAgentEnv(ctrl, host), vcEnv...)
 	env = append(env,
 		"VCAGENT_ROLES=compute,volume",
 		"VCAGENT_VOLUME_BACKEND="+backendName,
 		"VCAGENT_VOLUME_DATABASE_URL="+ctrl.CinderDB,
 		"VCAGENT_VOLUME_EXCHANGE="+ctrl.CinderExchange,
-		"VCAGENT_CINDER_ENDPOINT="+cinderRoot+"/v3/%(project_id)s",
+		cinderEndpointEnv(ctrl),
 	)
 	env = append(env, extraEnv...)
 	startAgent(t, env...) // its log is in the test log when the test fails
@@ -211,7 +222,7 @@ func volumeComputeAgent(ctx context.Context, t *testing.T, prefix string, extraE
 	}
 	waitVolumeServiceState(ctx, t, ctrl, backend, "up", 90*time.Second)
 	waitPool(ctx, t, ctrl, backend+"#"+backendName)
-	return ctrl, vc, host, volumeTypeFor(ctx, t, ctrl, backendName)
+	return ctrl, host, volumeTypeFor(ctx, t, ctrl, backendName)
 }
 
 // createTestVolume makes a volume of 1 GB through cinder, deleted at the

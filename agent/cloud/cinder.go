@@ -387,3 +387,87 @@ func CinderStatus(err error) int {
 	}
 	return 0
 }
+
+// AttachmentCreate is POST /attachments at 3.44 (nova's
+// attachment_create): a new attachment of the volume to the instance.
+// Without a connector the volume is only reserved; with one (the
+// mountpoint, if given, put into it) cinder also answers the connection
+// info, old style (nil without a connector).
+func (c *Cinder) AttachmentCreate(ctx context.Context, cc CinderContext, volumeID, instanceUUID string, connector map[string]any, mountpoint string) (string, map[string]any, error) {
+	body := map[string]any{"volume_uuid": volumeID, "instance_uuid": instanceUUID}
+	if connector != nil {
+		conn := make(map[string]any, len(connector)+1)
+		for k, v := range connector {
+			conn[k] = v
+		}
+		if _, has := conn["mountpoint"]; mountpoint != "" && !has {
+			conn["mountpoint"] = mountpoint
+		}
+		body["connector"] = conn
+	}
+	var r struct {
+		Attachment map[string]any `json:"attachment"`
+	}
+	if err := c.do(ctx, cc, "create attachment of volume "+volumeID, http.MethodPost, CinderAttachMicroversion,
+		map[string]any{"attachment": body}, &r, []int{http.StatusOK, http.StatusCreated, http.StatusAccepted}, "attachments"); err != nil {
+		return "", nil, err
+	}
+	id, _ := r.Attachment["id"].(string)
+	if id == "" {
+		return "", nil, fmt.Errorf("cinder: create attachment of volume %s: the answer has no id", volumeID)
+	}
+	return id, translateConnectionInfo(r.Attachment), nil
+}
+
+// VolumeCreate is what nova's volume_api.create sends: the size in GiB,
+// name and description, and optionally the snapshot or image to create
+// the volume from, its type and availability zone.
+type VolumeCreate struct {
+	Size             int64
+	Name             string
+	Description      string
+	SnapshotID       string
+	ImageID          string
+	VolumeType       string
+	AvailabilityZone string
+}
+
+// CreateVolume is POST /volumes at 3.0 (nova's volume_api.create, through
+// cinderclient's volumes.create): it answers the volume as created
+// (status "creating").
+func (c *Cinder) CreateVolume(ctx context.Context, cc CinderContext, spec VolumeCreate) (Volume, error) {
+	opt := func(s string) any {
+		if s == "" {
+			return nil
+		}
+		return s
+	}
+	body := map[string]any{
+		"size": spec.Size, "name": spec.Name, "description": spec.Description, "metadata": map[string]any{},
+		"snapshot_id": opt(spec.SnapshotID), "imageRef": opt(spec.ImageID), "volume_type": opt(spec.VolumeType),
+		"availability_zone": opt(spec.AvailabilityZone), "source_volid": nil, "consistencygroup_id": nil,
+	}
+	var r struct {
+		Volume Volume `json:"volume"`
+	}
+	err := c.do(ctx, cc, "create volume", http.MethodPost, "3.0", map[string]any{"volume": body}, &r,
+		[]int{http.StatusOK, http.StatusAccepted}, "volumes")
+	return r.Volume, err
+}
+
+// Snapshot is a cinder volume snapshot with the fields nova reads.
+type Snapshot struct {
+	ID       string `json:"id"`
+	VolumeID string `json:"volume_id"`
+	Status   string `json:"status"`
+	Size     int64  `json:"size"`
+}
+
+// Snapshot is GET /snapshots/{id} (nova's volume_api.get_snapshot).
+func (c *Cinder) Snapshot(ctx context.Context, cc CinderContext, id string) (Snapshot, error) {
+	var r struct {
+		Snapshot Snapshot `json:"snapshot"`
+	}
+	err := c.do(ctx, cc, "get snapshot "+id, http.MethodGet, "3.0", nil, &r, []int{http.StatusOK}, "snapshots", id)
+	return r.Snapshot, err
+}

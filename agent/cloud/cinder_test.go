@@ -217,3 +217,80 @@ func TestCinderConfig(t *testing.T) {
 		t.Errorf("substitute = %q", got)
 	}
 }
+
+// TestCinderCreateCalls: the calls nova-compute makes for the volumes it
+// creates and moves: a volume created at 3.0 with only the given sources
+// set, an attachment created at 3.44 with or without a connector (the
+// mountpoint put into it), and a snapshot read.
+func TestCinderCreateCalls(t *testing.T) {
+	var mu sync.Mutex
+	var reqs []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		reqs = append(reqs, r.Method+" "+r.URL.Path+" mv="+r.Header.Get("OpenStack-API-Version")+" "+string(body))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case r.Method == http.MethodPost && r.URL.Path == "/v3/proj/volumes":
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = io.WriteString(w, `{"volume": {"id": "v9", "status": "creating", "size": 2}}`)
+		case r.Method == http.MethodPost && r.URL.Path == "/v3/proj/attachments" && strings.Contains(string(body), "connector"):
+			_, _ = io.WriteString(w, `{"attachment": {"id": "a9", "status": "attaching", "instance": "i1",
+				"connection_info": {"driver_volume_type": "vmdk", "volume": "vm-5", "volume_id": "v9"}}}`)
+		case r.Method == http.MethodPost && r.URL.Path == "/v3/proj/attachments":
+			_, _ = io.WriteString(w, `{"attachment": {"id": "a8", "status": "reserved", "instance": "i1", "connection_info": {}}}`)
+		case r.Method == http.MethodGet && r.URL.Path == "/v3/proj/snapshots/s1":
+			_, _ = io.WriteString(w, `{"snapshot": {"id": "s1", "volume_id": "v1", "status": "available", "size": 1}}`)
+		default:
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = io.WriteString(w, `{"itemNotFound": {"message": "not found", "code": 404}}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	sess, err := NewSession(context.Background(), AuthConfig{Token: "service-token", PlacementEndpoint: srv.URL}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCinder(sess, CinderConfig{EndpointTemplate: srv.URL + "/v3/%(project_id)s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cc := CinderContext{Token: "user-token", Values: map[string]any{"project_id": "proj"}}
+
+	v, err := c.CreateVolume(ctx, cc, VolumeCreate{Size: 2, ImageID: "img-1", VolumeType: "fast"})
+	if err != nil || v.ID != "v9" || v.Status != "creating" {
+		t.Fatalf("create volume: %+v, %v", v, err)
+	}
+	id, ci, err := c.AttachmentCreate(ctx, cc, "v9", "i1", nil, "")
+	if err != nil || id != "a8" || ci != nil {
+		t.Errorf("reserve attachment: %q %v %v; want a8 without connection info", id, ci, err)
+	}
+	id, ci, err = c.AttachmentCreate(ctx, cc, "v9", "i1", map[string]any{"ip": "10.0.0.1", "instance": "vm-7"}, "/dev/sdb")
+	data, _ := ci["data"].(map[string]any)
+	if err != nil || id != "a9" || ci["driver_volume_type"] != "vmdk" || data["volume"] != "vm-5" {
+		t.Errorf("attachment with connector: %q %v %v", id, ci, err)
+	}
+	s, err := c.Snapshot(ctx, cc, "s1")
+	if err != nil || s.VolumeID != "v1" {
+		t.Errorf("snapshot: %+v, %v", s, err)
+	}
+	if _, err := c.Snapshot(ctx, cc, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing snapshot: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{
+		`POST /v3/proj/volumes mv=volume 3.0 {"volume":{"availability_zone":null,"consistencygroup_id":null,"description":"","imageRef":"img-1","metadata":{},"name":"","size":2,"snapshot_id":null,"source_volid":null,"volume_type":"fast"}}`,
+		`POST /v3/proj/attachments mv=volume 3.44 {"attachment":{"instance_uuid":"i1","volume_uuid":"v9"}}`,
+		`POST /v3/proj/attachments mv=volume 3.44 {"attachment":{"connector":{"instance":"vm-7","ip":"10.0.0.1","mountpoint":"/dev/sdb"},"instance_uuid":"i1","volume_uuid":"v9"}}`,
+		`GET /v3/proj/snapshots/s1 mv=volume 3.0 `,
+	}
+	for i, w := range want {
+		if i >= len(reqs) || reqs[i] != w {
+			t.Errorf("request %d:\n%v\nwant\n%s", i, reqs, w)
+			break
+		}
+	}
+}

@@ -610,7 +610,16 @@ func (l *lifecycle) spawn(ctx context.Context, rc rpc.Context, inst *ovo.Object,
 
 // spawnVolumes is spawn with the build's volumes (volumes.go): attached
 // before the VM is powered on, or the VM booted from its root volume.
-func (l *lifecycle) spawnVolumes(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any, bvols []buildVolume) error {
+func (l *lifecycle) spawnVolumes(ctx context.Context, rc rpc.Context, inst *ovo.Object, node string, image map[string]any, bvols []buildVolume) (err error) {
+	if len(bvols) > 0 {
+		// A failed spawn's VM is destroyed next, with every disk attached
+		// to it: the volumes' disks leave it first (volumes_move.go).
+		defer func() {
+			if err != nil {
+				l.vols.detachBuildVolumes(ctx, inst, bvols)
+			}
+		}()
+	}
 	uuid := inst.StringOrEmpty("uuid")
 	moref, _, _ := strings.Cut(node, ".")
 	clusters, err := l.clusters(ctx)

@@ -211,7 +211,12 @@ func (l *lifecycle) PreLiveMigration(ctx context.Context, req *rpc.Request) (any
 				return nil, fmt.Errorf("migrate_data argument: %w", err)
 			}
 			l.notify.instanceAction(ctx, rc, inst, "live_migration.pre", "live_migration_pre", "start", nil, nil)
-			data.SetStringDict("old_vol_attachment_ids", map[string]string{})
+			// The volumes get attachments for this host (volumes_move.go).
+			old, err := l.vols.preLiveMigrationVolumes(ctx, rc, inst)
+			if err != nil {
+				return nil, err
+			}
+			data.SetStringDict("old_vol_attachment_ids", old)
 			data.SetBool("wait_for_vif_plugged", false)
 			l.notify.instanceAction(ctx, rc, inst, "live_migration.pre", "live_migration_pre", "end", nil, nil)
 			return encode(data), nil
@@ -253,6 +258,12 @@ func (l *lifecycle) doLiveMigration(ctx context.Context, rc rpc.Context, inst, m
 	if err != nil {
 		return fmt.Errorf("migrate_data argument: %w", err)
 	}
+	// source_bdms: the volumes as attached here, before the destination
+	// replaces their attachments.
+	sourceBDMs, err := l.vols.volumeBDMs(ctx, rc, inst)
+	if err != nil {
+		return err
+	}
 	raw, err := l.computeAt(a.Dest).Call(ctx, rc, "pre_live_migration",
 		map[string]any{"instance": encode(inst), "disk": nil, "migrate_data": encode(data)})
 	if err == nil {
@@ -263,6 +274,7 @@ func (l *lifecycle) doLiveMigration(ctx context.Context, rc rpc.Context, inst, m
 	}
 	if err != nil {
 		_ = l.setMigrationStatus(ctx, rc, mig, "error")
+		l.vols.rollbackVolumeBDMs(ctx, rc, inst, sourceBDMs)
 		l.rollbackLiveMigration(ctx, rc, inst, mig, data, a.Dest, "error")
 		return err
 	}
@@ -272,9 +284,21 @@ func (l *lifecycle) doLiveMigration(ctx context.Context, rc rpc.Context, inst, m
 	}
 	if err := l.relocateLive(ctx, inst, data); err != nil {
 		zerolog.Ctx(ctx).Error().Err(err).Msg("live migration failed")
+		l.vols.rollbackVolumeBDMs(ctx, rc, inst, sourceBDMs)
 		l.rollbackLiveMigration(ctx, rc, inst, mig, data, a.Dest, "failed")
 		return err
 	}
+	// The volumes' disks went with the VM; their backings follow them if
+	// they changed datastore, and the source's attachments are deleted
+	// (volumes_move.go).
+	if len(sourceBDMs) > 0 {
+		cur, err := l.vols.volumeBDMs(ctx, rc, inst)
+		if err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("reading the migrated instance's volumes failed")
+		}
+		l.vols.consolidateVolumes(ctx, inst, cur)
+	}
+	l.vols.removeSourceVolumeConnections(ctx, rc, inst, sourceBDMs)
 	l.postLiveMigration(ctx, rc, inst, mig, a.Dest, a.BlockMigration)
 	return nil
 }

@@ -121,21 +121,33 @@ func (l *lifecycle) rebuild(ctx context.Context, rc rpc.Context, inst *ovo.Objec
 		if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
 			return err
 		}
-		if err := l.hv.Destroy(ctx, vm.Ref); err != nil {
-			return err
-		}
 	case !errors.Is(ferr, vcenter.ErrNotFound):
 		return ferr
 	}
+	// detach_block_devices: the volumes' disks leave the VM before it is
+	// destroyed with its files (volumes_move.go).
+	vols, err := l.vols.rebuildDetachVolumes(ctx, rc, inst)
+	if err != nil {
+		return err
+	}
+	if ferr == nil {
+		if err := l.hv.Destroy(ctx, vm.Ref); err != nil {
+			return err
+		}
+	}
 	inst.SetString("task_state", "rebuild_block_device_mapping")
 	if err := l.saveRebuild(ctx, rc, inst, []any{"rebuilding"}); err != nil {
+		return err
+	}
+	bvols, err := l.vols.prepVolumes(ctx, rc, inst, vols) // _prep_block_device
+	if err != nil {
 		return err
 	}
 	inst.SetString("task_state", "rebuild_spawning")
 	if err := l.saveRebuild(ctx, rc, inst, []any{"rebuild_block_device_mapping"}); err != nil {
 		return err
 	}
-	if err := l.spawn(ctx, rc, inst, node, map[string]any{"id": imageID}); err != nil {
+	if err := l.spawnVolumes(ctx, rc, inst, node, map[string]any{"id": imageID}, bvols); err != nil {
 		return err
 	}
 

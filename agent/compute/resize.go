@@ -265,6 +265,27 @@ func (l *lifecycle) moveVMToCluster(ctx context.Context, vm vcenter.VM, cluster 
 	return moved, nil
 }
 
+// instanceRootDisk is the root disk a resize grows, keeps and restores
+// (vm_util.get_vmdk_info with the instance's uuid): a disk of the VM in
+// the instance's own folder. A volume's disk is in its backing's folder,
+// so a server booted from a volume has none, and a resize never grows,
+// copies or replaces a volume's disk.
+func instanceRootDisk(vm vcenter.VM) (vcenter.Disk, bool) {
+	for _, d := range vm.Disks {
+		if strings.HasSuffix(d.FileName, rescueSuffix) {
+			continue
+		}
+		p, err := vcenter.ParseDatastorePath(d.FileName)
+		if err != nil {
+			continue
+		}
+		if vm.InstanceUUID == "" || p.Dir().Base() == vm.InstanceUUID {
+			return d, true
+		}
+	}
+	return vcenter.Disk{}, false
+}
+
 // resizeVMToFlavor gives the VM the flavor's CPUs and memory and grows its
 // root disk to the flavor's root_gb (nova's _resize_vm and _resize_disk);
 // a disk already as big or bigger is left alone.
@@ -278,7 +299,7 @@ func (l *lifecycle) resizeVMToFlavor(ctx context.Context, vm vcenter.VM, uuid st
 	rootGB, _ := flavor.Int("root_gb")
 	var key int32
 	var capKB int64
-	if d, ok := rootDisk(vm); ok && rootGB > 0 && rootGB<<20 > d.CapacityKB {
+	if d, ok := instanceRootDisk(vm); ok && rootGB > 0 && rootGB<<20 > d.CapacityKB {
 		key, capKB = d.Key, rootGB<<20
 	}
 	if err := mv.ResizeVM(ctx, vm.Ref, int32(vcpus), mem, key, capKB); err != nil {
@@ -430,6 +451,15 @@ func (l *lifecycle) resizeInstance(ctx context.Context, rc rpc.Context, inst, mi
 	if err := l.migrateDiskAndPowerOff(ctx, rc, inst, flavor); err != nil {
 		return err
 	}
+	// _terminate_volume_connections: the source's attachments are handed
+	// back to reserved ones, the destination updates them (volumes_move.go).
+	vols, err := l.vols.volumeBDMs(ctx, rc, inst)
+	if err != nil {
+		return err
+	}
+	if err := l.vols.terminateVolumeConnections(ctx, rc, inst, vols); err != nil {
+		return err
+	}
 	if err := l.setMigrationStatus(ctx, rc, mig, "post-migrating"); err != nil {
 		return err
 	}
@@ -463,7 +493,7 @@ func (l *lifecycle) migrateDiskAndPowerOff(ctx context.Context, rc rpc.Context, 
 	newRoot, _ := flavor.Int("root_gb")
 	oldRoot, _ := cur.Int("root_gb")
 	var capKB int64
-	if d, ok := rootDisk(vm); ok {
+	if d, ok := instanceRootDisk(vm); ok {
 		capKB = d.CapacityKB
 	}
 	if newRoot < oldRoot || (newRoot != 0 && newRoot<<20 < capKB) {
@@ -528,10 +558,23 @@ func (l *lifecycle) finishResize(ctx context.Context, rc rpc.Context, inst, mig 
 	}
 	l.notify.instanceAction(ctx, rc, inst, "finish_resize", "resize_finish", "start", nil, nil)
 	powerOn := oldState != "stopped"
+	// _update_volume_attachments: the attachments get this host's
+	// connector before the driver's finish_migration (volumes_move.go).
+	vols, err := l.vols.volumeBDMs(ctx, rc, inst)
+	if err != nil {
+		return err
+	}
+	if err := l.vols.updateVolumeAttachments(ctx, rc, inst, vols); err != nil {
+		return err
+	}
 	if err := l.finishMigration(ctx, rc, inst, mig.StringOrEmpty("dest_node"), powerOn, false); err != nil {
 		if oldID != newID {
 			setInstanceInfo(inst, oldFlavor)
 		}
+		return err
+	}
+	l.vols.consolidateVolumes(ctx, inst, vols)
+	if err := l.vols.completeVolumeAttachments(ctx, rc, vols); err != nil {
 		return err
 	}
 	if err := l.setMigrationStatus(ctx, rc, mig, "finished"); err != nil {
@@ -612,7 +655,7 @@ type resizeDisks interface {
 // originalDisk returns the VM's root disk, the path of its pre-resize copy
 // ("original.vmdk" beside it, as nova names it) and the datacenter.
 func (l *lifecycle) originalDisk(ctx context.Context, vm vcenter.VM) (vcenter.Disk, vcenter.DatastorePath, string, bool) {
-	root, ok := rootDisk(vm)
+	root, ok := instanceRootDisk(vm)
 	if !ok {
 		return root, vcenter.DatastorePath{}, "", false
 	}
@@ -781,7 +824,16 @@ func (l *lifecycle) RevertResize(ctx context.Context, req *rpc.Request) (any, er
 	return l.operation(ctx, req, opSpec{event: "compute_revert_resize", method: "revert_resize", revertsTaskState: true},
 		func(ctx context.Context, inst *ovo.Object) error {
 			rc := req.Context
-			err := l.setMigrationStatus(ctx, rc, mig, "reverted")
+			// The VMware driver's destroy does nothing while reverting (one
+			// VM serves both ends); _terminate_volume_connections hands the
+			// attachments back to reserved ones for the source.
+			vols, err := l.vols.volumeBDMs(ctx, rc, inst)
+			if err == nil {
+				err = l.vols.terminateVolumeConnections(ctx, rc, inst, vols)
+			}
+			if err == nil {
+				err = l.setMigrationStatus(ctx, rc, mig, "reverted")
+			}
 			if err == nil {
 				err = l.computeAt(mig.StringOrEmpty("source_compute")).Cast(ctx, rc, "finish_revert_resize", map[string]any{
 					"instance": encode(inst), "migration": encode(mig), "request_spec": rawOrNull(a.RequestSpec),
@@ -838,12 +890,26 @@ func (l *lifecycle) finishRevertResize(ctx context.Context, rc rpc.Context, inst
 		return err
 	}
 	powerOn := oldState != "stopped"
+	// revert_resize left reserved attachments: they get this host's
+	// connector before the driver's finish_revert_migration and are
+	// completed after (volumes_move.go).
+	vols, err := l.vols.volumeBDMs(ctx, rc, inst)
+	if err != nil {
+		return err
+	}
+	if err := l.vols.updateVolumeAttachments(ctx, rc, inst, vols); err != nil {
+		return err
+	}
 	if err := l.finishMigration(ctx, rc, inst, mig.StringOrEmpty("source_node"), powerOn, true); err != nil {
 		return err
 	}
+	l.vols.consolidateVolumes(ctx, inst, vols)
 	inst.SetDateTime("launched_at", time.Now().UTC())
 	dropStashedFlavors(inst)
 	if err := l.save(ctx, rc, inst, "resize_reverting"); err != nil {
+		return err
+	}
+	if err := l.vols.completeVolumeAttachments(ctx, rc, vols); err != nil {
 		return err
 	}
 	if powerOn {

@@ -133,11 +133,21 @@ func (l *lifecycle) shelveOffload(ctx context.Context, rc rpc.Context, inst *ovo
 		return err
 	}
 	power := l.powerStateOf(ctx, inst)
+	// The volumes' disks leave the VM before it is destroyed (their files
+	// belong to the backings), and their connections are terminated after
+	// (volumes_move.go).
+	afterDestroy, verr := l.vols.shelveOffloadVolumes(ctx, rc, inst)
+	if verr != nil {
+		return verr
+	}
 	if err == nil {
 		if err := l.hv.Destroy(ctx, vm.Ref); err != nil && !errors.Is(err, vcenter.ErrNotFound) {
 			return err
 		}
 		l.removeDiskDirs(ctx, inst, vm)
+	}
+	if err := afterDestroy(); err != nil {
+		return err
 	}
 	if l.pl != nil {
 		if _, err := l.pl.DeleteAllocations(ctx, uuid); err != nil {
@@ -220,9 +230,22 @@ func (l *lifecycle) unshelve(ctx context.Context, rc rpc.Context, inst *ovo.Obje
 	if err := l.save(ctx, rc, inst, nil); err != nil {
 		return err
 	}
-	if err := l.spawn(ctx, rc, inst, node, map[string]any{"id": imageID}); err != nil {
+	// _prep_block_device: the volumes attached in cinder again, with the
+	// connector of this host (volumes.go); spawn attaches their disks.
+	vols, err := l.vols.volumeBDMs(ctx, rc, inst)
+	if err != nil {
+		return err
+	}
+	bvols, err := l.vols.prepVolumes(ctx, rc, inst, vols)
+	if err == nil {
+		err = l.spawnVolumes(ctx, rc, inst, node, map[string]any{"id": imageID}, bvols)
+	}
+	if err != nil {
 		log.Error().Err(err).Msg("instance failed to spawn")
 		l.cleanupFailedBuild(ctx, inst)
+		if terr := l.vols.terminateVolumeConnections(ctx, rc, inst, vols); terr != nil {
+			log.Warn().Err(terr).Msg("terminating the volume connections after the failed unshelve failed")
+		}
 		l.forgetSpawnCache()
 		if l.pl != nil {
 			if _, derr := l.pl.DeleteAllocations(ctx, uuid); derr != nil {

@@ -36,6 +36,10 @@ type VolumeAPI interface {
 	Detach(ctx context.Context, cc cloud.CinderContext, id, attachmentID string) error
 	MigrateVolumeCompletion(ctx context.Context, cc cloud.CinderContext, oldID, newID string, failed bool) (string, error)
 	DeleteVolume(ctx context.Context, cc cloud.CinderContext, id string) error
+	AttachmentCreate(ctx context.Context, cc cloud.CinderContext, volumeID, instanceUUID string, connector map[string]any, mountpoint string) (string, map[string]any, error)
+	Attachment(ctx context.Context, cc cloud.CinderContext, id string) (map[string]any, error)
+	CreateVolume(ctx context.Context, cc cloud.CinderContext, spec cloud.VolumeCreate) (cloud.Volume, error)
+	Snapshot(ctx context.Context, cc cloud.CinderContext, id string) (cloud.Snapshot, error)
 }
 
 // volumeHypervisor is what volumes need of vCenter (*vcenter.Session has
@@ -57,6 +61,9 @@ type volumes struct {
 	// connectorIP is the VMware driver's CONF.vmware.host_ip, the "ip" and
 	// "host" of its volume connector.
 	connectorIP string
+	// allocate is how long builds wait for the volumes they create
+	// (volumes_create.go); nil: nova's defaults.
+	allocate *allocatePolicy
 }
 
 // volumeOptionPrefix is the extraConfig key prefix of an attached
@@ -102,6 +109,8 @@ func cinderError(err error, kind, id string) error {
 		return &rpc.RemoteError{Class: "ConnectionError", Module: "keystoneauth1.exceptions.connection", Message: err.Error(), Kwargs: map[string]any{}}
 	}
 	switch {
+	case h.Status == 404 && kind == "snapshot":
+		return novaError("SnapshotNotFound", fmt.Sprintf("Snapshot %s could not be found.", id), 404, map[string]any{"snapshot_id": id})
 	case h.Status == 404 && kind == "attachment":
 		return novaError("VolumeAttachmentNotFound", fmt.Sprintf("Volume attachment %s could not be found.", id), 404, map[string]any{"attachment_id": id})
 	case h.Status == 404:
@@ -1001,23 +1010,17 @@ func (v *volumes) TerminateInstance(ctx context.Context, req *rpc.Request) (any,
 	rc := req.Context
 	uuid := inst.StringOrEmpty("uuid")
 	ctx = zerolog.Ctx(ctx).With().Str("instance_uuid", uuid).Logger().WithContext(ctx)
-	var vols []*ovo.Object
-	if v.api != nil {
-		bdms, err := v.instanceBDMs(ctx, rc, uuid)
-		if err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("reading the instance's block device mappings failed")
-		}
-		for _, b := range bdms {
-			if b.StringOrEmpty("destination_type") == "volume" && b.StringOrEmpty("volume_id") != "" {
-				vols = append(vols, b)
-			}
-		}
+	// The BDMs are read even without cinder: the volumes' disks must leave
+	// the VM before it is destroyed with every file attached to it.
+	vols, err := v.volumeBDMs(ctx, rc, inst)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("reading the instance's block device mappings failed")
 	}
 	if len(vols) > 0 && inst.StringOrEmpty("node") != "" {
 		v.detachForDestroy(ctx, inst, vols)
 	}
 	res, err := v.lifecycle.TerminateInstance(ctx, req)
-	if err != nil || len(vols) == 0 {
+	if err != nil || len(vols) == 0 || v.api == nil {
 		return res, err
 	}
 	v.releaseVolumes(ctx, rc, inst, vols)
@@ -1066,29 +1069,7 @@ func (v *volumes) releaseVolumes(ctx context.Context, rc rpc.Context, inst *ovo.
 func (v *volumes) detachForDestroy(ctx context.Context, inst *ovo.Object, vols []*ovo.Object) {
 	unlock := v.locks.lock(inst.StringOrEmpty("uuid"))
 	defer unlock()
-	vm, err := v.vmOf(ctx, inst)
-	if err != nil {
-		return
-	}
-	if vm.PowerState != vcenter.PowerStateOff {
-		if err := v.hv.PowerOff(ctx, vm.Ref); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Msg("powering the VM off before detaching its volumes failed")
-		}
-	}
-	for _, b := range vols {
-		ci := bdmConnectionInfo(b)
-		if len(ci) == 0 {
-			continue
-		}
-		err := v.driverDetach(ctx, inst, ci)
-		switch {
-		case err == nil:
-		case isRemote(err, "DiskNotFound"):
-			zerolog.Ctx(ctx).Warn().Err(err).Str("volume_id", b.StringOrEmpty("volume_id")).Msg("The volume was not found on the instance.")
-		default:
-			zerolog.Ctx(ctx).Error().Err(err).Str("volume_id", b.StringOrEmpty("volume_id")).Msg("Failed to detach the volume before the destroy")
-		}
-	}
+	v.detachVolumeDisks(ctx, inst, vols)
 }
 
 // ---- volumes at build (boot from volume)
@@ -1128,12 +1109,14 @@ func validDiskBus(bus string) bool {
 
 // prepBuildVolumes is the volume part of _build_resources: the root
 // device name and the missing device names given
-// (_default_block_device_names), then _prep_block_device: each volume BDM
-// attached in cinder (attachment_update with the connector, which names no
-// VM yet; the BDM saved with the connection info; attachment_complete).
-// Failures abort the build (BuildAbortException), as nova's InvalidBDM.
-// Volumes nova-compute would create first (source image, snapshot or
-// blank) are not supported yet and abort the build too.
+// (_default_block_device_names), then _prep_block_device: the volumes
+// nova-compute must create first (sources image, blank, snapshot) created
+// (volumes_create.go), and each volume BDM attached in cinder
+// (attachment_update with the connector, which names no VM yet; the BDM
+// saved with the connection info; attachment_complete). Failures abort
+// the build (BuildAbortException, as nova's InvalidBDM): the attachments
+// are deleted and the delete_on_termination volumes with them
+// (_cleanup_volumes).
 func (v *volumes) prepBuildVolumes(ctx context.Context, rc rpc.Context, inst *ovo.Object, raw json.RawMessage) ([]buildVolume, error) {
 	if v == nil {
 		return nil, nil
@@ -1148,8 +1131,8 @@ func (v *volumes) prepBuildVolumes(ctx context.Context, rc rpc.Context, inst *ov
 		if b.StringOrEmpty("destination_type") != "volume" {
 			continue
 		}
-		if src := b.StringOrEmpty("source_type"); src != "volume" {
-			return nil, buildAbort(uuid, fmt.Sprintf("Block Device Mapping is Invalid: volumes from source %q are not supported by vcagent yet", src))
+		if src := b.StringOrEmpty("source_type"); src != "volume" && !createdSources[src] {
+			return nil, buildAbort(uuid, fmt.Sprintf("Block Device Mapping is Invalid: volumes from source %q are not supported", src))
 		}
 		if bus := b.StringOrEmpty("disk_bus"); !validDiskBus(bus) {
 			return nil, novaError("UnsupportedHardware", fmt.Sprintf("Requested hardware '%s' is not supported by the 'vmware' virt driver", bus), 400,
@@ -1208,15 +1191,36 @@ func (v *volumes) prepBuildVolumes(ctx context.Context, rc rpc.Context, inst *ov
 			return nil, err
 		}
 	}
+	out, err := v.prepVolumes(ctx, rc, inst, vols)
+	if err != nil {
+		v.cleanupBuildVolumes(ctx, rc, vols)
+		if isRemote(err, "InstanceNotFound") || isRemote(err, "UnexpectedDeletingTaskStateError") {
+			return nil, err
+		}
+		return nil, buildAbort(uuid, "Failure prepping block device.: "+remoteMessage(err))
+	}
+	return out, nil
+}
+
+// prepVolumes is _prep_block_device's attach_block_devices for the volume
+// BDMs: each volume created first if nova-compute must create it, then
+// attached in cinder without the driver's attach (spawn attaches the
+// disks). On failure the caller releases the attachments: a build deletes
+// them, an unshelve hands them back to reserved ones.
+func (v *volumes) prepVolumes(ctx context.Context, rc rpc.Context, inst *ovo.Object, vols []*ovo.Object) ([]buildVolume, error) {
 	var out []buildVolume
 	for _, b := range vols {
-		if err := v.bdmAttachDriver(ctx, rc, inst, b, false); err != nil {
-			zerolog.Ctx(ctx).Error().Err(err).Msg("Instance failed block device setup")
-			v.releaseBuildVolumes(ctx, rc, out)
-			if isRemote(err, "InstanceNotFound") || isRemote(err, "UnexpectedDeletingTaskStateError") {
-				return nil, err
+		err := func() error {
+			if needsVolumeCreate(b) {
+				if err := v.createBDMVolume(ctx, rc, inst, b); err != nil {
+					return err
+				}
 			}
-			return nil, buildAbort(uuid, "Failure prepping block device.: "+remoteMessage(err))
+			return v.bdmAttachDriver(ctx, rc, inst, b, false)
+		}()
+		if err != nil {
+			zerolog.Ctx(ctx).Error().Err(err).Msg("Instance failed block device setup")
+			return nil, err
 		}
 		out = append(out, buildVolume{bdm: b, ci: bdmConnectionInfo(b)})
 	}

@@ -176,6 +176,10 @@ type fakeVolumeAPI struct {
 	calls []string
 	fail  map[string]error // call name -> error
 	vol   cloud.Volume
+	// statuses, if set, are the statuses Volume answers in turn (the
+	// last one from then on).
+	statuses []string
+	created  int
 }
 
 func (f *fakeVolumeAPI) call(name, format string, args ...any) error {
@@ -191,6 +195,14 @@ func (f *fakeVolumeAPI) Volume(_ context.Context, cc cloud.CinderContext, id str
 	}
 	v := f.vol
 	v.ID = id
+	f.mu.Lock()
+	if len(f.statuses) > 0 {
+		v.Status = f.statuses[0]
+		if len(f.statuses) > 1 {
+			f.statuses = f.statuses[1:]
+		}
+	}
+	f.mu.Unlock()
 	return v, f.call("Volume", "%s", id)
 }
 
@@ -234,6 +246,36 @@ func (f *fakeVolumeAPI) MigrateVolumeCompletion(_ context.Context, _ cloud.Cinde
 
 func (f *fakeVolumeAPI) DeleteVolume(_ context.Context, _ cloud.CinderContext, id string) error {
 	return f.call("DeleteVolume", "%s", id)
+}
+
+func (f *fakeVolumeAPI) AttachmentCreate(_ context.Context, _ cloud.CinderContext, volumeID, instanceUUID string, connector map[string]any, mp string) (string, map[string]any, error) {
+	f.mu.Lock()
+	f.created++
+	id := fmt.Sprintf("new-att-%d", f.created)
+	f.mu.Unlock()
+	if err := f.call("AttachmentCreate", "%s %s connector=%v %s", volumeID, instanceUUID, connector != nil, mp); err != nil {
+		return "", nil, err
+	}
+	if connector == nil {
+		return id, nil, nil
+	}
+	return id, map[string]any{"driver_volume_type": "vmdk", "data": map[string]any{"volume": "vm-77", "volume_id": volumeID}}, nil
+}
+
+func (f *fakeVolumeAPI) Attachment(_ context.Context, _ cloud.CinderContext, id string) (map[string]any, error) {
+	return map[string]any{"id": id, "connection_info": map[string]any{"driver_volume_type": "vmdk", "data": map[string]any{"volume": "vm-77"}}},
+		f.call("Attachment", "%s", id)
+}
+
+func (f *fakeVolumeAPI) CreateVolume(_ context.Context, _ cloud.CinderContext, spec cloud.VolumeCreate) (cloud.Volume, error) {
+	if err := f.call("CreateVolume", "size=%d name=%s image=%s snapshot=%s type=%s az=%s", spec.Size, spec.Name, spec.ImageID, spec.SnapshotID, spec.VolumeType, spec.AvailabilityZone); err != nil {
+		return cloud.Volume{}, err
+	}
+	return cloud.Volume{ID: testVolumeID, Status: "creating", Size: spec.Size}, nil
+}
+
+func (f *fakeVolumeAPI) Snapshot(_ context.Context, _ cloud.CinderContext, id string) (cloud.Snapshot, error) {
+	return cloud.Snapshot{ID: id, VolumeID: "orig-vol", Status: "available", Size: 1}, f.call("Snapshot", "%s", id)
 }
 
 func (f *fakeVolumeAPI) callList() []string {
@@ -652,7 +694,7 @@ func TestTerminateVolumes(t *testing.T) {
 // the other volume the next name, both are attached in cinder before the
 // VM exists (the connector names no VM), and at spawn the root volume's
 // backing moves to the VM's pool and datastore before its disk is
-// attached; volumes nova-compute would create first abort the build.
+// attached; a volume of a source nova does not know aborts the build.
 func TestBuildVolumes(t *testing.T) {
 	v, hv, api, f := volumeEnv(t, nil)
 	hv.vm.ResourcePool = vcenter.Ref{Type: "ResourcePool", Value: "resgroup-9"}
@@ -710,13 +752,13 @@ func TestBuildVolumes(t *testing.T) {
 		t.Errorf("vCenter calls %v: want the second volume on its disk_bus", got)
 	}
 
-	// a volume nova-compute would have to create
-	img := testBDM(t, "", false)
-	img.SetString("source_type", "image")
-	enc, _ = ovo.NovaCodec().EncodeEntity(ovo.NewList("BlockDeviceMappingList", "1.18", img))
+	// a volume of a source nova does not know
+	odd := testBDM(t, "", false)
+	odd.SetString("source_type", "local")
+	enc, _ = ovo.NovaCodec().EncodeEntity(ovo.NewList("BlockDeviceMappingList", "1.18", odd))
 	raw, _ = json.Marshal(enc)
 	_, err = v.prepBuildVolumes(ctx, rc, inst, raw)
-	wantRemote(t, "image volume", err, "BuildAbortException")
+	wantRemote(t, "local volume", err, "BuildAbortException")
 	if vols, err := v.prepBuildVolumes(ctx, rc, inst, json.RawMessage(`null`)); err != nil || vols != nil {
 		t.Errorf("no BDMs: %v, %v", vols, err)
 	}
