@@ -1,6 +1,8 @@
 package vcenter
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vcagent/vcagent/drivers/vcenter/vmdk"
@@ -54,6 +57,11 @@ type ImageCache struct {
 
 	mu      sync.Mutex
 	flights map[cacheKey]*cacheFlight
+	// targets are where streamOptimized images are imported, per
+	// datacenter and datastore (see importTargetFor); folders are the
+	// datastores (image "") whose cache folder this cache has made.
+	targets map[cacheKey]importTarget
+	folders map[cacheKey]bool
 	// known are the images this cache put or found on their datastores:
 	// Ensure returns them without asking the datastore again (an HTTP
 	// HEAD per build). Forget drops one that turned out to be gone.
@@ -121,24 +129,35 @@ func (ic *ImageCache) Path(ds, imageID string) DatastorePath {
 // raw flat extent; fetch's size must be exact and positive), and
 // DiskKindSparse and DiskKindStreamOptimized (a monolithicSparse or
 // streamOptimized VMDK, told apart by its header whichever of the two is
-// named): these are converted to a flat extent while they stream from fetch
-// to the datastore, and cached as thin disks. fetch's size then only bounds
-// the image (0 when unknown). A sparse image whose grains do not lie in disk
-// order in the file is converted into a local temporary file first; a
-// streamOptimized one that turns out to be out of order is fetched a second
-// time into such a file. A malformed image fails with an error wrapping
-// ErrInvalidImage before or while it is written, a valid one of a variant
-// not handled with ErrUnsupportedDiskKind; either way nothing is left in
-// the cache or the staging folder. Other kinds fail with
-// ErrUnsupportedDiskKind.
+// named), cached as thin disks; fetch's size then only bounds the image (0
+// when unknown). A streamOptimized image is imported as nova's VMware driver
+// imports it (ImportVApp and an HttpNfcLease, see Session.importDisk): its
+// compressed bytes go to vCenter as they arrive from fetch and ESX expands
+// them, while the cache inflates every grain on the way only to check the
+// image (nothing is kept or sent expanded). A monolithicSparse image is
+// converted to a flat extent while it streams from fetch to the datastore;
+// one whose grains do not lie in disk order in the file is converted into
+// a local temporary file first. A malformed image fails with an error
+// wrapping ErrInvalidImage before or while it is written (an import's lease
+// is then aborted, never completed), a valid one of a variant not handled
+// with ErrUnsupportedDiskKind; either way nothing is left in the cache or
+// the staging folder. Other kinds fail with ErrUnsupportedDiskKind.
 //
 // Cost when this cache has seen the image on the datastore: nothing; when
 // the image is there but unseen: one HTTP HEAD, no SOAP call. When it is
-// not: MakeDirectory ×2, CreateVirtualDisk_Task, DeleteDatastoreFile_Task ×2,
+// not, for a flat or monolithicSparse image: MakeDirectory,
+// CreateVirtualDisk_Task, DeleteDatastoreFile_Task ×2,
 // MoveDatastoreFile_Task (each task plus its wait, usually 1-2
-// RetrievePropertiesEx), one HTTP HEAD and one HTTP PUT of the extent:
-// 10 SOAP round trips against vcsim (11 the first time the Session uses
-// dc), whatever the number of concurrent callers and the kind.
+// RetrievePropertiesEx), one HTTP HEAD and one HTTP PUT of the extent: 9
+// SOAP round trips against vcsim. For a streamOptimized image:
+// MakeDirectory, ImportVApp, 1-2 RetrievePropertiesEx until the lease is
+// ready, HttpNfcLeaseComplete, UnregisterVM, MoveDatastoreFile_Task,
+// DeleteDatastoreFile_Task (with their waits), one HTTP HEAD and one HTTP
+// POST of the compressed image: 9-10 SOAP round trips. The first image the
+// cache puts on a datastore costs 1 more (MakeDirectory of the cache
+// folder), and 1 more if streamOptimized (to find a resource pool and the
+// VM folder); add 1 the first time the Session uses dc. Whatever the number
+// of concurrent callers.
 func (ic *ImageCache) Ensure(ctx context.Context, dc, ds, imageID string, fetch FetchFunc, kind DiskKind) (DatastorePath, error) {
 	op := fmt.Sprintf("cache image %s on %s", imageID, ds)
 	if err := checkName("image id", imageID, false); err != nil {
@@ -226,11 +245,27 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 	var ext extent
 	switch kind {
 	case DiskKindSparse, DiskKindStreamOptimized:
-		im, err := vmdk.Open(rc, size, ic.limits)
+		br := bufio.NewReaderSize(rc, 64<<10)
+		hb, perr := br.Peek(vmdk.SectorSize)
+		h, err := vmdk.ParseHeader(hb, ic.limits)
+		if err != nil && perr != nil && !errors.Is(perr, io.EOF) {
+			return DatastorePath{}, wrapErr(op, fmt.Errorf("reading the image: %w", perr))
+		}
+		if err == nil && h.Format() == vmdk.StreamOptimized {
+			// Checks the header against the announced size; reads
+			// nothing more.
+			im, err := vmdk.Open(bytes.NewReader(hb), size, ic.limits)
+			if err != nil {
+				return DatastorePath{}, imageErr(op, err)
+			}
+			ext = ic.importedExtent(op, im.Size(), br, size)
+			break
+		}
+		im, err := vmdk.Open(br, size, ic.limits)
 		if err != nil {
 			return DatastorePath{}, imageErr(op, err)
 		}
-		ext = ic.convertedExtent(op, im, rc, fetch)
+		ext = ic.convertedExtent(op, im, rc)
 		kind = DiskKindThin
 	default:
 		if size <= 0 {
@@ -257,22 +292,42 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 	if err := s.MakeDirectory(ctx, dc, dir); err != nil {
 		return DatastorePath{}, err
 	}
-	// As nova does: let vSphere write a descriptor of the right capacity,
-	// then replace its extent with the image.
-	if err := s.CreateVirtualDisk(ctx, dc, desc, (ext.size+1023)/1024, kind); err != nil {
-		return DatastorePath{}, err
+	var how string
+	if ext.create != nil {
+		how, err = ext.create(ctx, dc, stage, desc)
+	} else {
+		// As nova does: let vSphere write a descriptor of the right
+		// capacity, then replace its extent with the image.
+		if err := s.CreateVirtualDisk(ctx, dc, desc, (ext.size+1023)/1024, kind); err != nil {
+			return DatastorePath{}, err
+		}
+		if err := s.DeleteDatastoreFile(ctx, dc, flat); err != nil {
+			return DatastorePath{}, err
+		}
+		how, err = ext.upload(ctx, dc, flat)
 	}
-	if err := s.DeleteDatastoreFile(ctx, dc, flat); err != nil {
-		return DatastorePath{}, err
-	}
-	how, err := ext.upload(ctx, dc, flat)
 	if err != nil {
 		return DatastorePath{}, err
 	}
-	if err := s.MakeDirectory(ctx, dc, DatastorePath{Datastore: ds, Path: ic.folder}); err != nil {
-		return DatastorePath{}, err
+	// The cache folder is made once per datastore; if it was removed
+	// since, the move says so and it is made again.
+	folder := DatastorePath{Datastore: ds, Path: ic.folder}
+	folderKey := cacheKey{dc: dc, ds: ds}
+	ic.mu.Lock()
+	made := ic.folders[folderKey]
+	ic.mu.Unlock()
+	if !made {
+		if err := ic.makeFolder(ctx, dc, folder, folderKey); err != nil {
+			return DatastorePath{}, err
+		}
 	}
 	err = s.MoveDatastoreFile(ctx, dc, dir, cached.Dir(), false)
+	if made && errors.Is(err, ErrNotFound) {
+		if err := ic.makeFolder(ctx, dc, folder, folderKey); err != nil {
+			return DatastorePath{}, err
+		}
+		err = s.MoveDatastoreFile(ctx, dc, dir, cached.Dir(), false)
+	}
 	if errors.Is(err, ErrFileExists) {
 		// Another process cached the image meanwhile; make sure the
 		// folder in the way really holds it.
@@ -291,6 +346,20 @@ func (ic *ImageCache) fill(ctx context.Context, op, dc, ds, imageID string, fetc
 	s.logFor(ctx).Info().Str("image", imageID).Str("path", cached.String()).Int64("bytes", ext.size).
 		Str("how", how).Dur("took", time.Since(start)).Msg("cached image on datastore")
 	return cached, nil
+}
+
+// makeFolder makes the cache folder on a datastore and remembers it.
+func (ic *ImageCache) makeFolder(ctx context.Context, dc string, folder DatastorePath, key cacheKey) error {
+	if err := ic.s.MakeDirectory(ctx, dc, folder); err != nil {
+		return err
+	}
+	ic.mu.Lock()
+	if ic.folders == nil {
+		ic.folders = map[cacheKey]bool{}
+	}
+	ic.folders[key] = true
+	ic.mu.Unlock()
+	return nil
 }
 
 // countingReader counts the bytes read through it.
@@ -312,6 +381,10 @@ type extent struct {
 	// upload writes the extent to the datastore file dst and says how it
 	// went about it, for the log.
 	upload func(ctx context.Context, dc string, dst DatastorePath) (string, error)
+	// create, when set, replaces the descriptor and upload: it makes the
+	// whole disk desc (in its existing directory) and may leave other
+	// files in stage, the staging folder.
+	create func(ctx context.Context, dc string, stage, desc DatastorePath) (string, error)
 }
 
 // flatExtent uploads a flat image as it is.
@@ -328,36 +401,140 @@ func (ic *ImageCache) flatExtent(op string, r io.Reader, size int64) extent {
 	}}
 }
 
-// convertedExtent converts a sparse or streamOptimized image, read from
-// src, to its flat extent on the way to the datastore.
-func (ic *ImageCache) convertedExtent(op string, im *vmdk.Image, src io.Closer, fetch FetchFunc) extent {
+// convertedExtent converts a monolithicSparse image, read from src, to its
+// flat extent on the way to the datastore (streamOptimized images are
+// imported instead, see importedExtent).
+func (ic *ImageCache) convertedExtent(op string, im *vmdk.Image, src io.Closer) extent {
 	return extent{size: im.Size(), upload: func(ctx context.Context, dc string, dst DatastorePath) (string, error) {
 		how := fmt.Sprintf("%s converted", im.Format())
 		if !im.Ordered() {
 			return how + " through a local file", ic.uploadSpooled(ctx, op, dc, dst, im)
 		}
-		err := ic.uploadStreamed(ctx, op, dc, dst, im, src)
-		if !errors.Is(err, vmdk.ErrOutOfOrder) {
-			return how + " as it streamed", err
-		}
-		// Only a streamOptimized image shows this late, when its start has
-		// gone by: it is read again, into a file that takes grains in any
-		// order.
-		ic.s.logFor(ctx).Info().Str("path", dst.String()).Err(err).Msg("image grains out of disk order; fetching it again to convert through a local file")
-		rc, size, err := fetch(ctx)
-		if err != nil {
-			return "", fmt.Errorf("vcenter: %s: fetch again: %w", op, err)
-		}
-		defer func() { _ = rc.Close() }()
-		again, err := vmdk.Open(rc, size, ic.limits)
-		if err != nil {
-			return "", imageErr(op, err)
-		}
-		if again.Size() != im.Size() {
-			return "", fmt.Errorf("vcenter: %s: %w: capacity changed between two fetches (%d, then %d bytes)", op, ErrInvalidImage, im.Size(), again.Size())
-		}
-		return how + " through a local file, fetched twice", ic.uploadSpooled(ctx, op, dc, dst, again)
+		return how + " as it streamed", ic.uploadStreamed(ctx, op, dc, dst, im, src)
 	}}
+}
+
+// importedExtent imports a streamOptimized image as vCenter imports one
+// (Session.importDisk): the compressed image goes to the datastore as it
+// arrives, and ESX expands it into the disk. The image is checked on the
+// way, as a conversion would (every grain inflated, nothing kept), so that
+// a malformed image fails with ErrInvalidImage and never enters the cache,
+// whatever the server accepted.
+func (ic *ImageCache) importedExtent(op string, capacity int64, body io.Reader, size int64) extent {
+	return extent{size: capacity, create: func(ctx context.Context, dc string, stage, desc DatastorePath) (string, error) {
+		target, err := ic.importTarget(ctx, dc, desc.Datastore)
+		if err != nil {
+			return "", err
+		}
+		pr, pw := io.Pipe()
+		checked := make(chan error, 1)
+		go func() {
+			err := checkStream(ctx, pr, size, ic.limits)
+			if err != nil {
+				_ = pr.CloseWithError(err) // stops the upload
+			} else {
+				_, _ = io.Copy(io.Discard, pr) // whatever follows the end-of-stream marker
+			}
+			checked <- err
+		}()
+		var cerr error
+		waited := false
+		wait := func(end error) error {
+			if !waited {
+				_ = pw.CloseWithError(end) // no-op when the image's end was read
+				cerr, waited = <-checked, true
+			}
+			return cerr
+		}
+		tee := &teeReader{r: body, w: pw}
+		ierr := ic.s.importDisk(ctx, diskImport{
+			dc: dc, target: target, vmx: stage.Join("image.vmx"), disk: desc, capacity: capacity,
+			body: tee, size: size,
+			// The server has read every byte announced; the lease is
+			// completed only if the image was whole and sound.
+			check: func() error { return wait(nil) },
+		})
+		cerr = wait(errUploadEnded)
+		switch {
+		case errors.Is(cerr, vmdk.ErrInvalid), errors.Is(cerr, vmdk.ErrUnsupported):
+			return "", imageErr(op, cerr)
+		case cerr != nil && !errors.Is(cerr, errUploadEnded):
+			return "", wrapErr(op, cerr) // reading the image failed
+		case ierr != nil:
+			if isGone(ierr) {
+				ic.mu.Lock()
+				delete(ic.targets, cacheKey{dc: dc, ds: desc.Datastore})
+				ic.mu.Unlock()
+			}
+			return "", ierr
+		}
+		return fmt.Sprintf("streamOptimized imported, %d bytes sent", tee.n.Load()), nil
+	}}
+}
+
+// importTarget returns where to import onto datastore ds, found once per
+// datacenter and datastore.
+func (ic *ImageCache) importTarget(ctx context.Context, dc, ds string) (importTarget, error) {
+	key := cacheKey{dc: dc, ds: ds}
+	ic.mu.Lock()
+	t, ok := ic.targets[key]
+	ic.mu.Unlock()
+	if ok {
+		return t, nil
+	}
+	t, err := ic.s.importTargetFor(ctx, dc, ds)
+	if err != nil {
+		return importTarget{}, err
+	}
+	ic.mu.Lock()
+	if ic.targets == nil {
+		ic.targets = map[cacheKey]importTarget{}
+	}
+	ic.targets[key] = t
+	ic.mu.Unlock()
+	return t, nil
+}
+
+// checkStream reads a whole streamOptimized image from r and inflates every
+// grain, keeping nothing: it fails as a conversion of the image would.
+func checkStream(ctx context.Context, r io.Reader, size int64, lim vmdk.Limits) error {
+	im, err := vmdk.Open(r, size, lim)
+	if err != nil {
+		return err
+	}
+	return im.ConvertAt(ctx, discardDisk{})
+}
+
+// discardDisk is a disk that forgets what is written to it.
+type discardDisk struct{}
+
+func (discardDisk) WriteAt(p []byte, _ int64) (int, error) { return len(p), nil }
+func (discardDisk) Truncate(int64) error                   { return nil }
+
+// teeReader passes what it reads from r on to w, closing w at r's end (with
+// r's error if it failed), and counts it. A failed write to w fails the
+// read: the pipe's reader rejected the image.
+type teeReader struct {
+	r io.Reader
+	w *io.PipeWriter
+	n atomic.Int64 // bytes passed on (the HTTP transport may read after the request ended)
+}
+
+func (t *teeReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	t.n.Add(int64(n))
+	if n > 0 {
+		if _, werr := t.w.Write(p[:n]); werr != nil {
+			return 0, werr
+		}
+	}
+	switch {
+	case errors.Is(err, io.EOF):
+		_ = t.w.Close()
+	case err != nil:
+		_ = t.w.CloseWithError(err)
+	}
+	return n, err
 }
 
 // errUploadEnded stops a conversion whose upload has ended.

@@ -300,18 +300,22 @@ func TestImageCacheVMDK(t *testing.T) {
 	}
 	ic.spoolDir = t.TempDir()
 	raw := vmdktest.Raw(6<<20 + 192<<10)
+	// streamOptimized images are imported through an NFC lease, as they
+	// are (imported); the others are converted here and uploaded flat.
 	for _, tc := range []struct {
-		name    string
-		img     []byte
-		kind    DiskKind
-		fetches int64
+		name     string
+		img      []byte
+		kind     DiskKind
+		fetches  int64
+		imported bool
 	}{
-		{"monolithicSparse", vmdktest.Qemu(t, raw, "monolithicSparse"), DiskKindSparse, 1},
-		{"streamOptimized", vmdktest.Qemu(t, raw, "streamOptimized"), DiskKindStreamOptimized, 1},
-		{"streamOptimized named sparse", vmdktest.Qemu(t, raw, "streamOptimized"), DiskKindSparse, 1},
-		{"VMware streamOptimized", vmdktest.Stream(raw, 128, false, false), DiskKindStreamOptimized, 1},
-		{"sparse, grains out of order", vmdktest.Sparse(raw, 16, 64, true), DiskKindSparse, 1},
-		{"streamOptimized, grains out of order", vmdktest.Stream(raw, 8, true, false), DiskKindStreamOptimized, 2},
+		{"monolithicSparse", vmdktest.Qemu(t, raw, "monolithicSparse"), DiskKindSparse, 1, false},
+		{"streamOptimized", vmdktest.Qemu(t, raw, "streamOptimized"), DiskKindStreamOptimized, 1, true},
+		{"streamOptimized named sparse", vmdktest.Qemu(t, raw, "streamOptimized"), DiskKindSparse, 1, true},
+		{"monolithicSparse named streamOptimized", vmdktest.Qemu(t, raw, "monolithicSparse"), DiskKindStreamOptimized, 1, false},
+		{"VMware streamOptimized", vmdktest.Stream(raw, 128, false, false), DiskKindStreamOptimized, 1, true},
+		{"sparse, grains out of order", vmdktest.Sparse(raw, 16, 64, true), DiskKindSparse, 1, false},
+		{"streamOptimized, grains out of order", vmdktest.Stream(raw, 8, true, false), DiskKindStreamOptimized, 1, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := strings.NewReplacer(" ", "-", ",", "").Replace(tc.name)
@@ -324,8 +328,17 @@ func TestImageCacheVMDK(t *testing.T) {
 			if p != ic.Path(simDS, id) || n.Load() != tc.fetches {
 				t.Errorf("Ensure: %s after %d fetches; want %s after %d", p, n.Load(), ic.Path(simDS, id), tc.fetches)
 			}
-			if calls["CreateVirtualDisk_Task"] != 1 || calls["MoveDatastoreFile_Task"] != 1 {
-				t.Errorf("SOAP calls %v", calls)
+			want := map[string]int64{"MoveDatastoreFile_Task": 1, "CreateVirtualDisk_Task": 1}
+			if tc.imported {
+				want = map[string]int64{"MoveDatastoreFile_Task": 1, "ImportVApp": 1, "HttpNfcLeaseComplete": 1, "UnregisterVM": 1}
+			}
+			for _, m := range []string{"MoveDatastoreFile_Task", "CreateVirtualDisk_Task", "ImportVApp", "HttpNfcLeaseComplete", "UnregisterVM", "HttpNfcLeaseAbort"} {
+				if calls[m] != want[m] {
+					t.Errorf("%s calls = %d, want %d (%v)", m, calls[m], want[m], calls)
+				}
+			}
+			if left := importVMs(t, s); len(left) != 0 {
+				t.Errorf("import VMs left registered: %v", left)
 			}
 			flat, err := s.Download(ctx, simDC, p.Dir().Join(id+"-flat.vmdk"), 16<<20)
 			if err != nil || !bytes.Equal(flat, raw) {
@@ -403,8 +416,14 @@ func TestImageCacheVMDKRejects(t *testing.T) {
 			if !errors.Is(err, ErrInvalidImage) && errors.Is(err, vmdk.ErrInvalid) {
 				t.Errorf("vmdk.ErrInvalid without ErrInvalidImage: %v", err)
 			}
-			if began := calls["CreateVirtualDisk_Task"] > 0; began != tc.touches {
+			if began := calls["CreateVirtualDisk_Task"]+calls["ImportVApp"] > 0; began != tc.touches {
 				t.Errorf("datastore touched: %v, want %v", began, tc.touches)
+			}
+			if calls["HttpNfcLeaseComplete"] != 0 {
+				t.Errorf("a bad image's import lease was completed (%v)", calls)
+			}
+			if left := importVMs(t, s); len(left) != 0 {
+				t.Errorf("import VMs left registered: %v", left)
 			}
 			if ok, err := s.FileExists(ctx, simDC, ic.Path(simDS, id).Dir()); ok || err != nil {
 				t.Errorf("cache folder after a failure: %v, %v", ok, err)
@@ -459,5 +478,38 @@ func TestImageCacheRemembers(t *testing.T) {
 	}
 	if ok, err := s.FileExists(ctx, simDC, p); !ok || err != nil {
 		t.Errorf("cached file after the refetch: %v %v", ok, err)
+	}
+}
+
+// TestImageCacheFolderRemoved checks that the cache folder, made once per
+// datastore, is made again when it was removed behind the cache's back.
+func TestImageCacheFolderRemoved(t *testing.T) {
+	t.Parallel()
+	s := fileSession(t)
+	ctx := t.Context()
+	ic, err := NewImageCache(s, "f_base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := vmdktest.Stream(vmdktest.Raw(1<<20), 128, false, false)
+	if _, err := ic.Ensure(ctx, simDC, simDS, "image-f1", fetchBytes(img, nil), DiskKindStreamOptimized); err != nil {
+		t.Fatal(err)
+	}
+	calls := measure(t, s, "Ensure, cache folder known", func() error {
+		_, err := ic.Ensure(ctx, simDC, simDS, "image-f2", fetchBytes(img, nil), DiskKindStreamOptimized)
+		return err
+	})
+	if calls["MakeDirectory"] != 1 { // the staging folder only
+		t.Errorf("MakeDirectory calls = %d, want 1 (%v)", calls["MakeDirectory"], calls)
+	}
+	if err := s.DeleteDatastoreFile(ctx, simDC, DatastorePath{Datastore: simDS, Path: "f_base"}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := ic.Ensure(ctx, simDC, simDS, "image-f3", fetchBytes(img, nil), DiskKindStreamOptimized)
+	if err != nil {
+		t.Fatalf("Ensure after the cache folder was removed: %v", err)
+	}
+	if ok, err := s.FileExists(ctx, simDC, p); !ok || err != nil {
+		t.Errorf("%s after Ensure: %v, %v", p, ok, err)
 	}
 }

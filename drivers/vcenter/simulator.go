@@ -162,6 +162,7 @@ func StartSimulator(ctx context.Context, cfg SimulatorConfig) (*Simulator, error
 	}
 	installDVSExtension(m)
 	installMKSExtension(m)
+	installImportExtension(m) // importsim.go
 	installPBMExtension(m)
 	if err := populate(ctx, m, cfg); err != nil {
 		m.Remove()
