@@ -182,9 +182,15 @@ func (l *lifecycle) vncConsole(ctx context.Context, inst *ovo.Object) (console, 
 	if err != nil {
 		return console{}, err
 	}
-	vm, err := l.vmOf(ctx, inst)
-	if err != nil {
-		return console{}, err
+	// The watcher's index has the VM and its host (runtime.host): the
+	// console needs neither FindAllByUuid nor a read of the VM.
+	vm, ok := l.vms.state(inst.StringOrEmpty("uuid"))
+	if !ok || vm.Host.IsZero() {
+		read, err := l.vmOf(ctx, inst)
+		if err != nil {
+			return console{}, err
+		}
+		vm = vcenter.VMState{Ref: read.Ref, Host: read.Host}
 	}
 	cfg := l.consoleConfig()
 	port, err := hv.EnableVNC(ctx, vm.Ref, cfg.VNCPort, cfg.VNCPortTotal, cfg.VNCKeymap)
@@ -194,8 +200,15 @@ func (l *lifecycle) vncConsole(ctx context.Context, inst *ovo.Object) (console, 
 			map[string]any{"min_port": cfg.VNCPort, "max_port": cfg.VNCPort + cfg.VNCPortTotal})
 	}
 	if errors.Is(err, vcenter.ErrNotFound) {
-		_, err = l.vmOf(ctx, inst) // gone meanwhile: InstanceNotFound
-		return console{}, err
+		// Gone meanwhile (InstanceNotFound), or re-registered under
+		// another moref that the watcher has not reported yet.
+		l.vms.forget(inst.StringOrEmpty("uuid"), vm.Ref)
+		read, ferr := l.vmOf(ctx, inst)
+		if ferr != nil {
+			return console{}, ferr
+		}
+		vm = vcenter.VMState{Ref: read.Ref, Host: read.Host}
+		port, err = hv.EnableVNC(ctx, vm.Ref, cfg.VNCPort, cfg.VNCPortTotal, cfg.VNCKeymap)
 	}
 	if err != nil {
 		return console{}, vimFault(err)

@@ -398,6 +398,7 @@ func TestDiagnosticsFromQuickStats(t *testing.T) {
 		t.Errorf("Diagnostics %s", raw)
 	}
 	hv.vm.PowerState = vcenter.PowerStateOff
+	hv.diag["powerState"] = vcenter.PowerStateOff // the summary's runtime says so too
 	_, err = l.GetDiagnostics(ctx, request(t, "get_diagnostics", nil))
 	var re *rpc.RemoteError
 	if !errors.As(err, &re) || re.Class != "InstanceInvalidState" ||
@@ -540,5 +541,67 @@ func TestMiscSoftDeleteAndRestore(t *testing.T) {
 	want := []string{"soft-delete/<nil>/4 exp=[soft-deleting]", "active/<nil>/1 exp=restoring"}
 	if !reflect.DeepEqual(saves, want) {
 		t.Errorf("saves %v, want %v", saves, want)
+	}
+}
+
+// TestConsoleAndDiagnosticsRoundTrips checks the exact vCenter calls of a
+// VNC console and of diagnostics against a vCenter simulator: with the
+// watcher's moref and host, the console reads the VM's port and the
+// host's name (nova also finds the VM and reads its host); diagnostics
+// read the summary once, whose power state answers nova's check.
+func TestConsoleAndDiagnosticsRoundTrips(t *testing.T) {
+	t.Parallel()
+	r := newSimRig(t)
+	ctx := t.Context()
+	const (
+		find = "FindAllByUuid"
+		read = "RetrievePropertiesEx"
+	)
+	for _, tc := range []struct {
+		power              string
+		indexed            bool
+		wantVNC, wantDiags []string
+		wantDiagErr        string
+	}{
+		{power: vcenter.PowerStateOn, indexed: true, wantVNC: []string{read, read}, wantDiags: []string{read}},
+		{power: vcenter.PowerStateOn, wantVNC: []string{find, read, read, read}, wantDiags: []string{find, read, read}},
+		{power: vcenter.PowerStateOff, indexed: true, wantVNC: []string{read, read}, wantDiags: []string{read}, wantDiagErr: "InstanceInvalidState"},
+	} {
+		uuid := newUUID()
+		vm := r.createVM(t, uuid, tc.power, tc.indexed)
+		host, err := r.s.HostName(ctx, vm.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c console
+		calls, _ := r.measure(t, func() { c, err = r.l.vncConsole(ctx, simInstance(uuid)) })
+		if err != nil || c.host != host || c.port != 5901 || !slices.Equal(calls, tc.wantVNC) {
+			t.Errorf("%s VM (indexed %v): console %+v, %v, calls %v, want %s:5901 with %v", tc.power, tc.indexed, c, err, calls, host, tc.wantVNC)
+		}
+		if tc.indexed {
+			r.index(vm) // the look-up that found it would have been indexed by the watcher
+		}
+		var d map[string]any
+		calls, _ = r.measure(t, func() { d, err = r.l.diagnostics(ctx, simInstance(uuid)) })
+		if got := errClass(err); got != tc.wantDiagErr || !slices.Equal(calls, tc.wantDiags) {
+			t.Errorf("%s VM (indexed %v): diagnostics error %q, calls %v, want %q with %v", tc.power, tc.indexed, got, calls, tc.wantDiagErr, tc.wantDiags)
+		}
+		if err == nil && d["powerState"] != vcenter.PowerStateOn {
+			t.Errorf("diagnostics %v", d)
+		}
+	}
+
+	// A VM gone from the index's moref and from vCenter: InstanceNotFound
+	// for the console, InstanceInvalidState for diagnostics (nova's
+	// _get_power_state gives NOSTATE).
+	uuid := newUUID()
+	r.index(vcenter.VM{Ref: vcenter.Ref{Type: "VirtualMachine", Value: "vm-gone"}, InstanceUUID: uuid,
+		PowerState: vcenter.PowerStateOn, Host: r.cluster.Hosts[0].Ref})
+	if _, err := r.l.vncConsole(ctx, simInstance(uuid)); errClass(err) != "InstanceNotFound" {
+		t.Errorf("console of a VM that is gone: %v", err)
+	}
+	r.index(vcenter.VM{Ref: vcenter.Ref{Type: "VirtualMachine", Value: "vm-gone"}, InstanceUUID: uuid, PowerState: vcenter.PowerStateOn})
+	if _, err := r.l.diagnostics(ctx, simInstance(uuid)); errClass(err) != "InstanceInvalidState" {
+		t.Errorf("diagnostics of a VM that is gone: %v", err)
 	}
 }

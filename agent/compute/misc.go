@@ -38,11 +38,26 @@ var vmPowerStates = map[string]int64{vcenter.PowerStateOn: powerRunning, vcenter
 
 // diagnostics is nova's _get_power_state check and the VMware driver's
 // _get_diagnostics: the VM's summary as a flat map, only while it runs.
+// The summary read carries the power state (summary.runtime.powerState),
+// so one read answers both (nova reads twice).
 func (l *lifecycle) diagnostics(ctx context.Context, inst *ovo.Object) (map[string]any, error) {
-	vm, err := l.vmOf(ctx, inst)
+	hv, ok := l.hv.(diagHypervisor)
+	if !ok {
+		return nil, rpc.BuiltinError("NotImplementedError", "")
+	}
+	var d map[string]any
+	err := l.withVM(ctx, inst, func(vm vcenter.Ref) error {
+		var err error
+		d, err = hv.VMDiagnostics(ctx, vm)
+		return err
+	})
 	power := int64(powerNoState)
-	if err == nil {
-		power = vmPowerStates[vm.PowerState]
+	switch {
+	case err == nil:
+		s, _ := d["powerState"].(string)
+		power = vmPowerStates[s]
+	case !errors.Is(err, vcenter.ErrNotFound) && !isRemote(err, "InstanceNotFound"):
+		return nil, vimFault(err)
 	}
 	if power != powerRunning {
 		uuid := inst.StringOrEmpty("uuid")
@@ -50,18 +65,6 @@ func (l *lifecycle) diagnostics(ctx context.Context, inst *ovo.Object) (map[stri
 		return nil, novaError("InstanceInvalidState",
 			fmt.Sprintf("Instance %s in power state %s. Cannot get_diagnostics while the instance is in this state.", uuid, state), 400,
 			map[string]any{"attr": "power state", "instance_uuid": uuid, "state": state, "method": "get_diagnostics"})
-	}
-	hv, ok := l.hv.(diagHypervisor)
-	if !ok {
-		return nil, rpc.BuiltinError("NotImplementedError", "")
-	}
-	d, err := hv.VMDiagnostics(ctx, vm.Ref)
-	if errors.Is(err, vcenter.ErrNotFound) {
-		_, err = l.vmOf(ctx, inst)
-		return nil, err
-	}
-	if err != nil {
-		return nil, vimFault(err)
 	}
 	return d, nil
 }
@@ -668,7 +671,7 @@ func (l *lifecycle) LiveMigrationAbort(ctx context.Context, req *rpc.Request) (a
 // vmPowerState is nova's _get_power_state: the VM's power state, NOSTATE
 // when it is gone.
 func (l *lifecycle) vmPowerState(ctx context.Context, inst *ovo.Object) int64 {
-	vm, err := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid"))
+	vm, err := l.vmRead(ctx, inst)
 	if err != nil {
 		return powerNoState
 	}
@@ -686,14 +689,15 @@ func (l *lifecycle) SoftDeleteInstance(ctx context.Context, req *rpc.Request) (a
 			rc := req.Context
 			l.notify.instanceAction(ctx, rc, inst, "soft_delete", "soft_delete", "start", nil, nil)
 			defer l.notify.instanceAction(ctx, rc, inst, "soft_delete", "soft_delete", "end", nil, nil)
-			vm, err := l.vmOf(ctx, inst)
+			vm, err := l.vmRead(ctx, inst)
 			if err != nil {
 				return err
 			}
 			if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
 				return vimFault(err)
 			}
-			setStates(inst, "soft-delete", nil, l.vmPowerState(ctx, inst))
+			// Powered off: SHUTDOWN, as nova's _get_power_state would read.
+			setStates(inst, "soft-delete", nil, powerShutdown)
 			return l.save(ctx, rc, inst, []any{"soft-deleting"})
 		})
 }
@@ -703,14 +707,15 @@ func (l *lifecycle) SoftDeleteInstance(ctx context.Context, req *rpc.Request) (a
 func (l *lifecycle) RestoreInstance(ctx context.Context, req *rpc.Request) (any, error) {
 	return l.operation(ctx, req, opSpec{event: "compute_restore_instance", method: "restore_instance", action: "restore", revertsTaskState: true},
 		func(ctx context.Context, inst *ovo.Object) error {
-			vm, err := l.vmOf(ctx, inst)
+			vm, err := l.vmRead(ctx, inst)
 			if err != nil {
 				return err
 			}
 			if err := l.hv.PowerOn(ctx, vm.Ref); err != nil {
 				return vimFault(err)
 			}
-			setStates(inst, "active", nil, l.vmPowerState(ctx, inst))
+			// Powered on: RUNNING, as nova's _get_power_state would read.
+			setStates(inst, "active", nil, powerRunning)
 			return l.save(ctx, req.Context, inst, "restoring")
 		})
 }

@@ -89,7 +89,7 @@ func (l *lifecycle) stopIfShutOffBehindNovasBack(ctx context.Context, uuid strin
 	if st, ok := l.vms.state(uuid); ok && st.PowerState != vcenter.PowerStateOff {
 		return
 	}
-	if vm, err := l.hv.FindVMByInstanceUUID(ctx, uuid); err != nil || vm.PowerState != vcenter.PowerStateOff {
+	if vm, err := l.vmRead(ctx, inst); err != nil || vm.PowerState != vcenter.PowerStateOff {
 		return
 	}
 	log.Info().Str("instance_uuid", uuid).Msg("instance shutdown by itself; calling the stop API")

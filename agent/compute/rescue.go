@@ -95,11 +95,9 @@ func (l *lifecycle) RescueInstance(ctx context.Context, req *rpc.Request) (any, 
 					Kwargs:  map[string]any{"instance_id": uuid, "reason": reason, "code": 400}}
 			}
 
-			power := int64(powerRunning)
-			if vm, err := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid")); err == nil {
-				power = novaPowerState(vm.PowerState)
-			}
-			setStates(inst, "rescued", nil, power)
+			// rescueVM powered the VM on last: nova's _get_power_state
+			// would read RUNNING (a round trip the agent saves).
+			setStates(inst, "rescued", nil, powerRunning)
 			inst.SetDateTime("launched_at", time.Now().UTC())
 			if err := l.save(ctx, rc, inst, "rescuing"); err != nil {
 				return err
@@ -129,7 +127,7 @@ func (l *lifecycle) rescueVM(ctx context.Context, rc rpc.Context, inst *ovo.Obje
 	if err != nil {
 		return err
 	}
-	vm, err := l.vmOf(ctx, inst)
+	vm, err := l.vmRead(ctx, inst)
 	if err != nil {
 		return err
 	}
@@ -141,7 +139,7 @@ func (l *lifecycle) rescueVM(ctx context.Context, rc rpc.Context, inst *ovo.Obje
 	if err != nil {
 		return fmt.Errorf("root disk: %w", err)
 	}
-	dc, err := l.datacenterOf(ctx, inst, rootPath.Datastore)
+	dc, err := l.vmDatacenter(ctx, inst, vm, rootPath.Datastore)
 	if err != nil {
 		return err
 	}
@@ -203,6 +201,15 @@ func rescueDisk(vm vcenter.VM) (vcenter.Disk, bool) {
 	return vcenter.Disk{}, false
 }
 
+// vmDatacenter names the datacenter of the VM's disk on datastore ds: the
+// VM's own, read with it; else (a VM read without it) datacenterOf's.
+func (l *lifecycle) vmDatacenter(ctx context.Context, inst *ovo.Object, vm vcenter.VM, ds string) (string, error) {
+	if vm.DatacenterName != "" {
+		return vm.DatacenterName, nil
+	}
+	return l.datacenterOf(ctx, inst, ds)
+}
+
 // datacenterOf names the datacenter of the instance's node (its cluster),
 // or else of the cluster that has datastore ds.
 func (l *lifecycle) datacenterOf(ctx context.Context, inst *ovo.Object, ds string) (string, error) {
@@ -239,11 +246,9 @@ func (l *lifecycle) UnrescueInstance(ctx context.Context, req *rpc.Request) (any
 				l.errorOut(ctx, rc, inst)
 				return err
 			}
-			power := int64(powerRunning)
-			if vm, err := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid")); err == nil {
-				power = novaPowerState(vm.PowerState)
-			}
-			setStates(inst, "active", nil, power)
+			// unrescueVM powered the VM on last: RUNNING, as nova's
+			// _get_power_state would read it.
+			setStates(inst, "active", nil, powerRunning)
 			return l.save(ctx, rc, inst, "unrescuing")
 		})
 }
@@ -254,7 +259,7 @@ func (l *lifecycle) unrescueVM(ctx context.Context, inst *ovo.Object) error {
 	if err != nil {
 		return err
 	}
-	vm, err := l.vmOf(ctx, inst)
+	vm, err := l.vmRead(ctx, inst)
 	if err != nil {
 		return err
 	}

@@ -286,3 +286,56 @@ func TestRescueAndSuspendPowerStates(t *testing.T) {
 		}
 	}
 }
+
+// TestRescueUnrescueRoundTrips rescues and unrescues a VM of a vCenter
+// simulator and checks the exact vCenter calls (task polls and the image
+// cache apart): the VM is read once through the watcher's moref (its
+// datacenter comes with it) and its power state is not read back after
+// the power on.
+func TestRescueUnrescueRoundTrips(t *testing.T) {
+	t.Parallel()
+	r := newSimRig(t)
+	ctx := t.Context()
+	const read = "RetrievePropertiesEx"
+	r.l.images, r.l.cache = srImages{}, &srCache{}
+	ds := r.cluster.Datastores[0].Name
+	cached := vcenter.DatastorePath{Datastore: ds, Path: "cache/img-rescue"}
+	if err := r.s.MakeDirectory(ctx, r.cluster.Datacenter, cached); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.s.CreateVirtualDisk(ctx, r.cluster.Datacenter, cached.Join("img-rescue.vmdk"), 1024, vcenter.DiskKindThin); err != nil {
+		t.Fatal(err)
+	}
+	for _, indexed := range []bool{true, false} {
+		uuid := newUUID()
+		vm := r.createVM(t, uuid, vcenter.PowerStateOn, indexed)
+		var first []string
+		if !indexed {
+			first = []string{"FindAllByUuid"}
+		}
+		inst := simInstance(uuid)
+		var err error
+		calls, _ := r.measure(t, func() { err = r.l.rescueVM(ctx, nil, inst, "img-rescue", nil) })
+		want := append(slices.Clone(first), read, "PowerOffVM_Task", "CopyVirtualDisk_Task",
+			read, "ReconfigVM_Task", read, // AttachDisk: devices, add, the disk as added
+			"ReconfigVM_Task", "PowerOnVM_Task") // boot order, power on
+		if err != nil || !slices.Equal(calls, want) {
+			t.Errorf("rescue (indexed %v): %v, calls\n %v\nwant %v", indexed, err, calls, want)
+		}
+		got, err := r.s.GetVM(ctx, vm.Ref)
+		if err != nil || got.PowerState != vcenter.PowerStateOn || len(got.Disks) != 2 ||
+			!strings.HasSuffix(got.Disks[1].FileName, "/img-rescue"+rescueSuffix) {
+			t.Fatalf("rescued VM: %+v, %v", got, err)
+		}
+
+		calls, _ = r.measure(t, func() { err = r.l.unrescueVM(ctx, inst) })
+		want = append(slices.Clone(first), read, "PowerOffVM_Task", read, "ReconfigVM_Task", "PowerOnVM_Task")
+		if err != nil || !slices.Equal(calls, want) {
+			t.Errorf("unrescue (indexed %v): %v, calls\n %v\nwant %v", indexed, err, calls, want)
+		}
+		got, err = r.s.GetVM(ctx, vm.Ref)
+		if err != nil || got.PowerState != vcenter.PowerStateOn || len(got.Disks) != 1 || strings.HasSuffix(got.Disks[0].FileName, rescueSuffix) {
+			t.Errorf("unrescued VM: %+v, %v", got, err)
+		}
+	}
+}

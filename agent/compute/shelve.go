@@ -3,6 +3,7 @@ package compute
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -53,7 +54,8 @@ func (l *lifecycle) shelve(ctx context.Context, rc rpc.Context, inst *ovo.Object
 		inst.SetString("task_state", shelvingStates[state])
 		return l.save(ctx, rc, inst, shelvingStates[expected])
 	}
-	if err := l.powerOffForShelve(ctx, inst); err != nil {
+	vm, err := l.powerOffForShelve(ctx, inst)
+	if err != nil {
 		return err
 	}
 	if err := l.driverSnapshot(ctx, rc, inst, imageID, "shelving", update); err != nil {
@@ -72,38 +74,33 @@ func (l *lifecycle) shelve(ctx context.Context, rc rpc.Context, inst *ovo.Object
 	if offload {
 		inst.SetString("task_state", "shelving_offloading")
 	}
-	inst.SetInt("power_state", l.powerStateOf(ctx, inst))
+	// The VM was powered off above and the snapshot leaves it off: nova's
+	// _get_power_state would read SHUTDOWN (a round trip the agent saves).
+	inst.SetInt("power_state", powerShutdown)
 	if err := l.save(ctx, rc, inst, []any{"shelving", "shelving_image_uploading"}); err != nil {
 		return err
 	}
 	l.notify.instanceAction(ctx, rc, inst, "shelve", "shelve", "end", nil, nil)
 	if offload {
-		return l.shelveOffload(ctx, rc, inst)
+		return l.shelveOffload(ctx, rc, inst, &vm)
 	}
 	return nil
 }
 
 // powerOffForShelve is nova's _power_off_instance with the VMware driver:
-// a hard power off; a VM already gone is left to the snapshot to report.
-func (l *lifecycle) powerOffForShelve(ctx context.Context, inst *ovo.Object) error {
-	vm, err := l.vmOf(ctx, inst)
+// a hard power off. It returns the VM as read before, powered off now.
+func (l *lifecycle) powerOffForShelve(ctx context.Context, inst *ovo.Object) (vcenter.VM, error) {
+	vm, err := l.vmRead(ctx, inst)
 	if err != nil {
-		return err
+		return vm, err
 	}
-	if vm.PowerState == vcenter.PowerStateOff {
-		return nil
+	if vm.PowerState != vcenter.PowerStateOff {
+		if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
+			return vm, err
+		}
+		vm.PowerState = vcenter.PowerStateOff
 	}
-	return l.hv.PowerOff(ctx, vm.Ref)
-}
-
-// powerStateOf is nova's _get_power_state: the VM's state, NOSTATE when
-// there is no VM.
-func (l *lifecycle) powerStateOf(ctx context.Context, inst *ovo.Object) int64 {
-	vm, err := l.hv.FindVMByInstanceUUID(ctx, inst.StringOrEmpty("uuid"))
-	if err != nil {
-		return powerNoState
-	}
-	return novaPowerState(vm.PowerState)
+	return vm, nil
 }
 
 // ShelveOffloadInstance is shelve_offload_instance: shelve_offload.start,
@@ -113,26 +110,27 @@ func (l *lifecycle) powerStateOf(ctx context.Context, inst *ovo.Object) int64 {
 func (l *lifecycle) ShelveOffloadInstance(ctx context.Context, req *rpc.Request) (any, error) {
 	return l.operation(ctx, req, opSpec{event: "compute_shelve_offload_instance", method: "shelve_offload_instance", revertsTaskState: true},
 		func(ctx context.Context, inst *ovo.Object) error {
-			return l.shelveOffload(ctx, req.Context, inst)
+			return l.shelveOffload(ctx, req.Context, inst, nil)
 		})
 }
 
-// shelveOffload is nova's _shelve_offload_instance.
-func (l *lifecycle) shelveOffload(ctx context.Context, rc rpc.Context, inst *ovo.Object) error {
+// shelveOffload is nova's _shelve_offload_instance. off is the VM as the
+// shelve just powered it off (nil: read it here).
+func (l *lifecycle) shelveOffload(ctx context.Context, rc rpc.Context, inst *ovo.Object, off *vcenter.VM) error {
 	log := zerolog.Ctx(ctx)
 	log.Info().Msg("shelve offloading")
 	uuid := inst.StringOrEmpty("uuid")
 	l.notify.instanceAction(ctx, rc, inst, "shelve_offload", "shelve_offload", "start", nil, nil)
-	vm, err := l.hv.FindVMByInstanceUUID(ctx, uuid)
-	switch {
-	case err == nil:
-		if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
-			return err
-		}
-	case !errors.Is(err, vcenter.ErrNotFound):
+	vm, err := l.offloadPowerOff(ctx, inst, off)
+	if err != nil && !errors.Is(err, vcenter.ErrNotFound) {
 		return err
 	}
-	power := l.powerStateOf(ctx, inst)
+	// nova's _get_power_state after the power off: SHUTDOWN, or NOSTATE
+	// without a VM.
+	power := int64(powerShutdown)
+	if err != nil {
+		power = powerNoState
+	}
 	// The volumes' disks leave the VM before it is destroyed (their files
 	// belong to the backings), and their connections are terminated after
 	// (volumes_move.go).
@@ -141,10 +139,9 @@ func (l *lifecycle) shelveOffload(ctx context.Context, rc rpc.Context, inst *ovo
 		return verr
 	}
 	if err == nil {
-		if err := l.hv.Destroy(ctx, vm.Ref); err != nil && !errors.Is(err, vcenter.ErrNotFound) {
+		if err := l.destroyOffloaded(ctx, inst, vm); err != nil {
 			return err
 		}
-		l.removeDiskDirs(ctx, inst, vm)
 	}
 	if err := afterDestroy(); err != nil {
 		return err
@@ -170,6 +167,29 @@ func (l *lifecycle) shelveOffload(ctx context.Context, rc rpc.Context, inst *ovo
 	}
 	l.notify.instanceAction(ctx, rc, inst, "shelve_offload", "shelve_offload", "end", nil, nil)
 	return nil
+}
+
+// offloadPowerOff is the power off of nova's _shelve_offload_instance: the
+// VM (off, when the shelve has just powered it off; else read and powered
+// off), or an error wrapping vcenter.ErrNotFound when there is none.
+func (l *lifecycle) offloadPowerOff(ctx context.Context, inst *ovo.Object, off *vcenter.VM) (vcenter.VM, error) {
+	if off != nil && off.PowerState == vcenter.PowerStateOff {
+		return *off, nil
+	}
+	vm, err := l.vmRead(ctx, inst)
+	if isRemote(err, "InstanceNotFound") {
+		return vm, fmt.Errorf("instance %s: %w", inst.StringOrEmpty("uuid"), vcenter.ErrNotFound)
+	}
+	if err != nil {
+		return vm, err
+	}
+	if vm.PowerState != vcenter.PowerStateOff {
+		if err := l.hv.PowerOff(ctx, vm.Ref); err != nil {
+			return vm, err
+		}
+		vm.PowerState = vcenter.PowerStateOff
+	}
+	return vm, nil
 }
 
 // UnshelveInstance is unshelve_instance: unshelve.start, task_state
@@ -281,6 +301,16 @@ func (l *lifecycle) unshelve(ctx context.Context, rc rpc.Context, inst *ovo.Obje
 	return nil
 }
 
+// destroyOffloaded destroys the offloaded instance's VM (already off) and
+// what is left of its disks.
+func (l *lifecycle) destroyOffloaded(ctx context.Context, inst *ovo.Object, vm vcenter.VM) error {
+	if err := l.hv.Destroy(ctx, vm.Ref); err != nil && !errors.Is(err, vcenter.ErrNotFound) {
+		return err
+	}
+	l.removeDiskDirs(ctx, inst, vm)
+	return nil
+}
+
 // removeDiskDirs deletes what Destroy left of the VM's disks: the
 // directories of its disks named after the instance. Destroy deletes the
 // directory of the .vmx, which is not where the disks are when vCenter put
@@ -290,13 +320,17 @@ func (l *lifecycle) unshelve(ctx context.Context, rc rpc.Context, inst *ovo.Obje
 func (l *lifecycle) removeDiskDirs(ctx context.Context, inst *ovo.Object, vm vcenter.VM) {
 	uuid := inst.StringOrEmpty("uuid")
 	seen := map[vcenter.DatastorePath]bool{}
+	// Destroy has deleted the directory of the .vmx file already.
+	if vmx, err := vcenter.ParseDatastorePath(vm.VMPathName); err == nil {
+		seen[vmx.Dir()] = true
+	}
 	for _, d := range vm.Disks {
 		p, err := vcenter.ParseDatastorePath(d.FileName)
 		if err != nil || p.Dir().Base() != uuid || seen[p.Dir()] {
 			continue
 		}
 		seen[p.Dir()] = true
-		dc, err := l.datacenterOf(ctx, inst, p.Datastore)
+		dc, err := l.vmDatacenter(ctx, inst, vm, p.Datastore)
 		if err != nil {
 			zerolog.Ctx(ctx).Warn().Err(err).Msg("no datacenter for the offloaded instance's disks")
 			continue

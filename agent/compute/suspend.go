@@ -2,6 +2,7 @@ package compute
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/rs/zerolog"
@@ -71,11 +72,22 @@ func (l *lifecycle) SuspendInstance(ctx context.Context, req *rpc.Request) (any,
 		})
 }
 
-// suspendVM is the VMware driver's suspend.
+// suspendVM is the VMware driver's suspend. With the watcher's moref the
+// VM is suspended straight away: vCenter's InvalidPowerState fault says
+// what nova's power-state read would (off: InstanceSuspendFailure; already
+// suspended: nothing to do), a round trip less (2 instead of 3).
 func (l *lifecycle) suspendVM(ctx context.Context, inst *ovo.Object) error {
 	hv, err := l.suspendHV()
 	if err != nil {
 		return err
+	}
+	uuid := inst.StringOrEmpty("uuid")
+	if ref, ok := l.vms.get(uuid); ok {
+		err := suspendRef(ctx, hv, ref)
+		if !errors.Is(err, vcenter.ErrNotFound) {
+			return err
+		}
+		l.vms.forget(uuid, ref) // gone behind the watcher's back
 	}
 	vm, err := l.vmOf(ctx, inst)
 	if err != nil {
@@ -83,16 +95,32 @@ func (l *lifecycle) suspendVM(ctx context.Context, inst *ovo.Object) error {
 	}
 	switch vm.PowerState {
 	case vcenter.PowerStateOn:
-		if err := hv.Suspend(ctx, vm.Ref); err != nil {
-			return fmt.Errorf("suspending the VM: %w", err)
-		}
-		return nil
+		return suspendRef(ctx, hv, vm.Ref)
 	case vcenter.PowerStateOff:
-		return invalidState("InstanceSuspendFailure", "Failed to suspend instance: %s", "instance is powered off and cannot be suspended.")
+		return errSuspendOff()
 	default: // already suspended
 		zerolog.Ctx(ctx).Debug().Msg("VM was already suspended")
 		return nil
 	}
+}
+
+// suspendRef suspends the VM; a powered-off one is nova's
+// InstanceSuspendFailure.
+func suspendRef(ctx context.Context, hv suspender, vm vcenter.Ref) error {
+	err := hv.Suspend(ctx, vm)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, vcenter.ErrPoweredOff):
+		return errSuspendOff()
+	case errors.Is(err, vcenter.ErrNotFound):
+		return err
+	}
+	return fmt.Errorf("suspending the VM: %w", err)
+}
+
+func errSuspendOff() error {
+	return invalidState("InstanceSuspendFailure", "Failed to suspend instance: %s", "instance is powered off and cannot be suspended.")
 }
 
 // ResumeInstance is resume_instance: a suspended VM is powered on again
@@ -103,15 +131,7 @@ func (l *lifecycle) ResumeInstance(ctx context.Context, req *rpc.Request) (any, 
 	return l.operation(ctx, req, opSpec{event: "compute_resume_instance", method: "resume_instance", action: "resume", revertsTaskState: true},
 		func(ctx context.Context, inst *ovo.Object) error {
 			rc := req.Context
-			vm, err := l.vmOf(ctx, inst)
-			if err == nil {
-				if vm.PowerState != vcenter.PowerStateSuspended {
-					err = invalidState("InstanceResumeFailure", "Failed to resume instance: %s", "instance is not in a suspended state")
-				} else if perr := l.hv.PowerOn(ctx, vm.Ref); perr != nil {
-					err = fmt.Errorf("resuming the VM: %w", perr)
-				}
-			}
-			if err != nil {
+			if err := l.resumeVM(ctx, inst); err != nil {
 				l.errorOut(ctx, rc, inst)
 				return err
 			}
@@ -130,4 +150,21 @@ func (l *lifecycle) ResumeInstance(ctx context.Context, req *rpc.Request) (any, 
 			setStates(inst, vmState, nil, powerRunning)
 			return l.save(ctx, rc, inst, "resuming")
 		})
+}
+
+// resumeVM is the VMware driver's resume: the power state read (through
+// the watcher's moref, 1 round trip) is kept, because a power on would
+// also start a VM that is off, which nova refuses; then PowerOnVM_Task.
+func (l *lifecycle) resumeVM(ctx context.Context, inst *ovo.Object) error {
+	vm, err := l.vmRead(ctx, inst)
+	if err != nil {
+		return err
+	}
+	if vm.PowerState != vcenter.PowerStateSuspended {
+		return invalidState("InstanceResumeFailure", "Failed to resume instance: %s", "instance is not in a suspended state")
+	}
+	if err := l.hv.PowerOn(ctx, vm.Ref); err != nil {
+		return fmt.Errorf("resuming the VM: %w", err)
+	}
+	return nil
 }

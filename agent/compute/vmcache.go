@@ -101,6 +101,31 @@ func (l *lifecycle) withVM(ctx context.Context, inst *ovo.Object, f func(vm vcen
 	return f(vm.Ref)
 }
 
+// vmGetter reads a VM by its moref (vcenter.Session.GetVM).
+type vmGetter interface {
+	GetVM(ctx context.Context, ref vcenter.Ref) (vcenter.VM, error)
+}
+
+// vmRead reads the instance's VM: through the watcher's moref when it has
+// one (1 round trip), else found by instance uuid (FindAllByUuid and the
+// read, 2); none is nova's InstanceNotFound.
+func (l *lifecycle) vmRead(ctx context.Context, inst *ovo.Object) (vcenter.VM, error) {
+	uuid := inst.StringOrEmpty("uuid")
+	if g, ok := l.hv.(vmGetter); ok {
+		if ref, ok := l.vms.get(uuid); ok {
+			vm, err := g.GetVM(ctx, ref)
+			switch {
+			case err == nil && vm.InstanceUUID == uuid:
+				return vm, nil
+			case err != nil && !errors.Is(err, vcenter.ErrNotFound):
+				return vm, err
+			}
+			l.vms.forget(uuid, ref) // gone (or another VM's) behind the watcher's back
+		}
+	}
+	return l.vmOf(ctx, inst)
+}
+
 // spawnCache keeps what every build needs and rarely changes: the
 // extension registration, the projects' Instances folders and a recent
 // read of the clusters (their datastores' free space may lag by

@@ -131,6 +131,10 @@ type VM struct {
 	Folder       Ref
 	ResourcePool Ref
 	Datacenter   Ref
+	// DatacenterName is the name of Datacenter (read in the same
+	// retrieval), so callers that need the datacenter by name (datastore
+	// paths, disk copies) need not read the inventory for it.
+	DatacenterName string
 	// VMPathName is the .vmx file, e.g. "[ds] uuid/uuid.vmx".
 	VMPathName string
 	// Disks are sorted by key.
@@ -767,8 +771,9 @@ func (s *Session) readVM(ctx context.Context, c *vim25.Client, ref types.Managed
 		return VM{}, fmt.Errorf("retrieve %s: %w", ref, err)
 	}
 	var (
-		vm *mo.VirtualMachine
-		dc Ref
+		vm     *mo.VirtualMachine
+		dc     Ref
+		dcName string
 	)
 	for _, oc := range objects {
 		if missingNotAuthenticated(oc) {
@@ -785,14 +790,14 @@ func (s *Session) readVM(ctx context.Context, c *vim25.Client, ref types.Managed
 				vm = &o
 			}
 		case mo.Datacenter:
-			dc = refFrom(oc.Obj)
+			dc, dcName = refFrom(oc.Obj), o.Name
 		}
 	}
 	if vm == nil {
 		return VM{}, fmt.Errorf("%s: %w", ref, ErrNotFound)
 	}
 	out := vmFrom(*vm)
-	out.Datacenter = dc
+	out.Datacenter, out.DatacenterName = dc, dcName
 	return out, nil
 }
 

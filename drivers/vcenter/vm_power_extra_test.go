@@ -1,6 +1,7 @@
 package vcenter
 
 import (
+	"errors"
 	"testing"
 
 	"github.com/vmware/govmomi/fault"
@@ -15,8 +16,8 @@ func TestSuspendAndResume(t *testing.T) {
 
 	// A powered-off VM cannot be suspended: vCenter's fault comes back.
 	err := e.s.Suspend(ctx, vm.Ref)
-	if !fault.Is(err, &types.InvalidPowerState{}) {
-		t.Errorf("Suspend of a powered-off vm: %v, want InvalidPowerState", err)
+	if !fault.Is(err, &types.InvalidPowerState{}) || !errors.Is(err, ErrPoweredOff) {
+		t.Errorf("Suspend of a powered-off vm: %v, want ErrPoweredOff and InvalidPowerState", err)
 	}
 
 	if err := e.s.PowerOn(ctx, vm.Ref); err != nil {

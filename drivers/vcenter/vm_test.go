@@ -147,8 +147,8 @@ func TestCreateAndFindVM(t *testing.T) {
 			t.Errorf("ResourcePool = %v, want %v", got.ResourcePool, e.cluster.ResourcePool)
 		case got.Host.Type != "HostSystem":
 			t.Errorf("Host = %v", got.Host)
-		case got.Datacenter.Type != "Datacenter":
-			t.Errorf("Datacenter = %v", got.Datacenter)
+		case got.Datacenter.Type != "Datacenter" || got.DatacenterName != e.cluster.Datacenter:
+			t.Errorf("Datacenter = %v %q, want the datacenter %q", got.Datacenter, got.DatacenterName, e.cluster.Datacenter)
 		case !strings.HasPrefix(got.VMPathName, "["+e.ds.Name+"] "+uuid+"/"):
 			t.Errorf("VMPathName = %q", got.VMPathName)
 		case len(got.Controllers) != 1:
