@@ -130,7 +130,7 @@ func (l *lifecycle) driverSnapshot(ctx context.Context, rc rpc.Context, inst *ov
 	if err != nil {
 		return err
 	}
-	vm, err := l.vmOf(ctx, inst)
+	vm, err := l.vmRead(ctx, inst)
 	if err != nil {
 		return err
 	}
