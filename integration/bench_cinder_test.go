@@ -71,14 +71,6 @@ type cvSide struct {
 	rssKiB   map[string]int64
 }
 
-// cvRow is one line of the table: seconds and vCenter requests per side.
-type cvRow struct {
-	op    string
-	secs  map[string]float64
-	calls map[string]int
-	top   map[string]string
-}
-
 func BenchmarkCinderSideBySide(b *testing.B) {
 	for _, mod := range []string{"cinder.cmd.volume", "cinder.volume.drivers.vmware.vmdk", "oslo_vmware", "suds"} {
 		if out, err := exec.Command(pythonBinDebian, "-c", "import "+mod).CombinedOutput(); err != nil {
@@ -104,6 +96,7 @@ func BenchmarkCinderSideBySide(b *testing.B) {
 	agentSide := &cvSide{name: "agent", host: "agentcv-" + suffix, backend: "agentcv" + suffix, rssKiB: map[string]int64{}}
 	pySide := &cvSide{name: "python", host: "pycv-" + suffix, backend: "pycv" + suffix, rssKiB: map[string]int64{}}
 	sides := []*cvSide{agentSide, pySide}
+	bySide := map[string]*cvSide{"agent": agentSide, "python": pySide}
 	// Registered first, so run last (after both services stopped): their
 	// service records go, so no later scheduler start waits for them.
 	b.Cleanup(func() {
@@ -169,28 +162,10 @@ func BenchmarkCinderSideBySide(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("VCAGENT_BENCH_REPEAT")); err == nil && v > 0 {
 		repeat = v
 	}
-	var ops []string
-	samples := map[string][]cvRow{}
-	measured := 0
+	ss := newSideSamples(vc, "agent", "python")
 	measure := func(op string, run func(s *cvSide)) {
 		b.Helper()
-		row := cvRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
-		order := sides
-		if measured%2 == 1 {
-			order = []*cvSide{sides[1], sides[0]}
-		}
-		measured++
-		for _, s := range order {
-			before := vc.counts(b)[s.name]
-			t0 := time.Now()
-			run(s)
-			row.secs[s.name] = time.Since(t0).Seconds()
-			row.calls[s.name], row.top[s.name] = countDelta(before, vc.counts(b)[s.name])
-		}
-		if samples[op] == nil {
-			ops = append(ops, op)
-		}
-		samples[op] = append(samples[op], row)
+		row := ss.measure(b, op, func(name string) { run(bySide[name]) })
 		fmt.Printf("  %-26s agent %6.2f s %4d calls | python %6.2f s %4d calls\n", op,
 			row.secs["agent"], row.calls["agent"], row.secs["python"], row.calls["python"])
 	}
@@ -303,25 +278,12 @@ func BenchmarkCinderSideBySide(b *testing.B) {
 	}
 
 	// The table: medians of the samples.
-	var rows []cvRow
-	for _, op := range ops {
-		row := cvRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
-		if n := len(samples[op]); n > 1 {
-			row.op = fmt.Sprintf("%s (median of %d)", op, n)
+	rows := ss.medians(func(op string, n int) string {
+		if n > 1 {
+			return fmt.Sprintf("%s (median of %d)", op, n)
 		}
-		for _, s := range sides {
-			var secs []float64
-			var calls []int
-			for _, r := range samples[op] {
-				secs, calls = append(secs, r.secs[s.name]), append(calls, r.calls[s.name])
-			}
-			slices.Sort(secs)
-			slices.Sort(calls)
-			row.secs[s.name], row.calls[s.name] = secs[len(secs)/2], calls[len(calls)/2]
-			row.top[s.name] = samples[op][len(samples[op])-1].top[s.name]
-		}
-		rows = append(rows, row)
-	}
+		return op
+	})
 	var out strings.Builder
 	fmt.Fprintf(&out, "\nvcagent volume role vs Python cinder-volume (VMwareVcVmdkDriver), same cinder-api/scheduler and vCenter simulator\n")
 	fmt.Fprintf(&out, "%-38s %10s %10s %9s   %12s %12s %9s\n", "operation (until settled)", "agent s", "python s", "agent/py", "agent calls", "python calls", "agent/py")

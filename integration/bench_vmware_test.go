@@ -55,14 +55,6 @@ type vmwSide struct {
 	rssKiB map[string]int64
 }
 
-// vmwRow is one line of the table: seconds and vCenter requests per side.
-type vmwRow struct {
-	op    string
-	secs  map[string]float64
-	calls map[string]int
-	top   map[string]string // the requests by method, most frequent first
-}
-
 func BenchmarkVMwareSideBySide(b *testing.B) {
 	for _, mod := range []string{"nova.virt.vmwareapi.driver", "oslo_vmware", "suds"} {
 		if out, err := exec.Command(pythonBinDebian, "-c", "import "+mod).CombinedOutput(); err != nil {
@@ -85,6 +77,7 @@ func BenchmarkVMwareSideBySide(b *testing.B) {
 	agentSide := &vmwSide{name: "agent", host: "agentvmw-" + suffix, rssKiB: map[string]int64{}}
 	pySide := &vmwSide{name: "python", host: "pyvmw-" + suffix, rssKiB: map[string]int64{}}
 	sides := []*vmwSide{agentSide, pySide}
+	bySide := map[string]*vmwSide{"agent": agentSide, "python": pySide}
 
 	// Registered first, so run last: remove both computes' service records
 	// (nova-api deletes their compute nodes and placement providers too).
@@ -120,32 +113,11 @@ func BenchmarkVMwareSideBySide(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("VCAGENT_BENCH_REPEAT")); err == nil && v > 0 {
 		repeat = v
 	}
-	var ops []string
-	samples := map[string][]vmwRow{}
 	spread := map[string]map[string]string{} // op -> side -> per-server times
-	measured := 0
+	ss := newSideSamples(vc, "agent", "python")
 	measure := func(op string, run func(s *vmwSide)) {
 		b.Helper()
-		row := vmwRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
-		// Every other measurement the Python compute goes first, so that
-		// neither side always runs in the other's wake.
-		order := sides
-		if measured%2 == 1 {
-			order = []*vmwSide{sides[1], sides[0]}
-		}
-		measured++
-		for _, s := range order {
-			before := vc.counts(b)[s.name]
-			t0 := time.Now()
-			run(s)
-			row.secs[s.name] = time.Since(t0).Seconds()
-			after := vc.counts(b)[s.name]
-			row.calls[s.name], row.top[s.name] = countDelta(before, after)
-		}
-		if samples[op] == nil {
-			ops = append(ops, op)
-		}
-		samples[op] = append(samples[op], row)
+		row := ss.measure(b, op, func(name string) { run(bySide[name]) })
 		fmt.Printf("  %-34s agent %7.2f s %5d calls | python %7.2f s %5d calls\n", op,
 			row.secs["agent"], row.calls["agent"], row.secs["python"], row.calls["python"])
 	}
@@ -208,7 +180,7 @@ func BenchmarkVMwareSideBySide(b *testing.B) {
 	// (allow_resize_to_same_host, set in the control plane's nova.conf)
 	// and the unshelve stay on it, as TestAgentMatchesPythonVMwareCompute
 	// does. The sequence runs `repeat` times; the rows are medians.
-	actionsFrom := len(ops)
+	actionsFrom := len(ss.ops)
 	azs := vmwZones(b, ctrl, suffix, sides)
 	flavorSame, flavorBigger := vmwFlavors(b, ctrl, suffix)
 	var snapshots []string
@@ -265,25 +237,12 @@ func BenchmarkVMwareSideBySide(b *testing.B) {
 	}
 
 	// The table: medians of the samples.
-	var rows []vmwRow
-	for _, op := range ops {
-		row := vmwRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
-		if n := len(samples[op]); n > 1 && !strings.HasPrefix(op, "· ") {
-			row.op = fmt.Sprintf("%s (median of %d)", op, n)
+	rows := ss.medians(func(op string, n int) string {
+		if n > 1 && !strings.HasPrefix(op, "· ") {
+			return fmt.Sprintf("%s (median of %d)", op, n)
 		}
-		for _, s := range sides {
-			var secs []float64
-			var calls []int
-			for _, r := range samples[op] {
-				secs, calls = append(secs, r.secs[s.name]), append(calls, r.calls[s.name])
-			}
-			slices.Sort(secs)
-			slices.Sort(calls)
-			row.secs[s.name], row.calls[s.name] = secs[len(secs)/2], calls[len(calls)/2]
-			row.top[s.name] = samples[op][len(samples[op])-1].top[s.name] // the last sample's
-		}
-		rows = append(rows, row)
-	}
+		return op
+	})
 	var out strings.Builder
 	fmt.Fprintf(&out, "\nvcagent vs Python nova-compute (VMwareVCDriver), same control plane and vCenter simulator\n")
 	fmt.Fprintf(&out, "%-38s %10s %10s %8s   %12s %12s\n", "operation (until settled)", "agent s", "python s", "py/agent", "agent calls", "python calls")

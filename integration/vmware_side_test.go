@@ -176,3 +176,81 @@ func vmwDeleteService(ctrl *cp.ControlPlane, host string) {
 		_, _ = ctrl.Do(ctx, "DELETE", fmt.Sprintf("%s/os-services/%v", ctrl.NovaURL, svc["id"]), nil, h)
 	}
 }
+
+// sideRow is one line of a side-by-side table: the seconds and vCenter
+// requests of one operation per side.
+type sideRow struct {
+	op    string
+	secs  map[string]float64
+	calls map[string]int
+	top   map[string]string // the requests by method, most frequent first
+}
+
+func newSideRow(op string) sideRow {
+	return sideRow{op: op, secs: map[string]float64{}, calls: map[string]int{}, top: map[string]string{}}
+}
+
+// sideSamples are the measurements of a side-by-side benchmark: every
+// operation run on both sides, timed, with each side's requests counted
+// at the shared simulator.
+type sideSamples struct {
+	vc       *vmwSim
+	sides    []string // side names, also the simulator's client labels
+	ops      []string // in the order first measured
+	samples  map[string][]sideRow
+	measured int
+}
+
+func newSideSamples(vc *vmwSim, sides ...string) *sideSamples {
+	return &sideSamples{vc: vc, sides: sides, samples: map[string][]sideRow{}}
+}
+
+// measure runs op on every side and records it. Every other measurement
+// the sides go in the opposite order, so that neither always runs in the
+// other's wake.
+func (ss *sideSamples) measure(b testing.TB, op string, run func(side string)) sideRow {
+	b.Helper()
+	row := newSideRow(op)
+	order := slices.Clone(ss.sides)
+	if ss.measured%2 == 1 {
+		slices.Reverse(order)
+	}
+	ss.measured++
+	for _, s := range order {
+		before := ss.vc.counts(b)[s]
+		t0 := time.Now()
+		run(s)
+		row.secs[s] = time.Since(t0).Seconds()
+		row.calls[s], row.top[s] = countDelta(before, ss.vc.counts(b)[s])
+	}
+	if ss.samples[op] == nil {
+		ss.ops = append(ss.ops, op)
+	}
+	ss.samples[op] = append(ss.samples[op], row)
+	return row
+}
+
+// medians is one row per operation, in the order measured: the median
+// seconds and requests of its samples per side, the last sample's
+// requests by method; name gives the row's label from the operation and
+// its number of samples.
+func (ss *sideSamples) medians(name func(op string, n int) string) []sideRow {
+	var rows []sideRow
+	for _, op := range ss.ops {
+		samples := ss.samples[op]
+		row := newSideRow(name(op, len(samples)))
+		for _, s := range ss.sides {
+			var secs []float64
+			var calls []int
+			for _, r := range samples {
+				secs, calls = append(secs, r.secs[s]), append(calls, r.calls[s])
+			}
+			slices.Sort(secs)
+			slices.Sort(calls)
+			row.secs[s], row.calls[s] = secs[len(secs)/2], calls[len(calls)/2]
+			row.top[s] = samples[len(samples)-1].top[s]
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
