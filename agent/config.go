@@ -435,8 +435,9 @@ func (c *Config) finishVolumeDriver() error {
 	if c.VolumeImageTransferTimeout <= 0 {
 		return bad("VOLUME_IMAGE_TRANSFER_TIMEOUT", "must be positive")
 	}
-	for _, p := range c.VolumeStorageProfiles {
-		if strings.TrimSpace(p) == "" {
+	for i, p := range c.VolumeStorageProfiles {
+		// a list option, blanks around names dropped as oslo.config does
+		if c.VolumeStorageProfiles[i] = strings.TrimSpace(p); c.VolumeStorageProfiles[i] == "" {
 			return bad("VOLUME_STORAGE_PROFILE", "%q has an empty profile name", strings.Join(c.VolumeStorageProfiles, ","))
 		}
 	}

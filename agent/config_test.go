@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,31 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		}
 		if want := map[string]string{"physnet1": "DVS0", "physnet2": "DVS1"}; !maps.Equal(c.bridgeMappings, want) || !c.HasRole("network") {
 			t.Errorf("bridge mappings %v, want %v", c.bridgeMappings, want)
+		}
+	})
+	t.Run("volume role settings", func(t *testing.T) {
+		t.Setenv("VCAGENT_ROLES", "compute,volume")
+		t.Setenv("VCAGENT_VOLUME_DATABASE_URL", "mysql+pymysql://cinder:secret@127.0.0.1/cinder?charset=utf8")
+		for name, value := range map[string]string{
+			"VCAGENT_VOLUME_BACKEND":                "a@b",
+			"VCAGENT_VOLUME_ADAPTER_TYPE":           "nvme",
+			"VCAGENT_VOLUME_IMAGE_TRANSFER_TIMEOUT": "0s",
+			"VCAGENT_VOLUME_STORAGE_PROFILE":        "gold,",
+		} {
+			t.Run(name, func(t *testing.T) {
+				t.Setenv(name, value)
+				if _, err := LoadConfig(); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), name) {
+					t.Fatalf("%s=%q: error %v does not name it", name, value, err)
+				}
+			})
+		}
+		t.Setenv("VCAGENT_VOLUME_STORAGE_PROFILE", "gold, silver")
+		c, err := LoadConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"gold", "silver"}; !slices.Equal(c.VolumeStorageProfiles, want) {
+			t.Errorf("storage profiles %q, want %q", c.VolumeStorageProfiles, want)
 		}
 	})
 	t.Run("vCenter user required", func(t *testing.T) {
