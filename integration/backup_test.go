@@ -20,12 +20,12 @@ import (
 // glance for the server's backups (image_type backup, backup_type,
 // instance_uuid, newest first).
 //
-// The VMware driver's upload_image_stream_optimized replaces the image's
-// properties (nova's IMAGE_API.update purges the others, image_type,
-// backup_type and instance_uuid among them; TestAgentMatchesPythonVMwareCompute
-// compares the snapshot's image_type with the Python driver's), so the
-// rotation's query finds no backup and deletes nothing: with nova-compute
-// and the VMware driver both backups remain, and so they do here.
+// The VMware driver's upload_image_stream_optimized updates the image
+// without purging its properties (nova's IMAGE_API.update, purge_props
+// False; TestAgentMatchesPythonVMwareCompute compares the snapshot's
+// properties with the Python driver's), so image_type, backup_type and
+// instance_uuid stay and the rotation finds the backups: after the second
+// one, with rotation 1, the first is rotated out of glance.
 func TestBackupRotatesThroughNovaAPI(t *testing.T) {
 	ctrl, _, agent, host, image := computeAgentWithImage(t, "vcagent-backup-", "VCAGENT_LOG_LEVEL=debug")
 	ctx := context.Background()
@@ -101,7 +101,7 @@ func TestBackupRotatesThroughNovaAPI(t *testing.T) {
 			}
 		}
 		for k, want := range map[string]any{"status": "active", "disk_format": "vmdk", "vmware_disktype": "streamOptimized",
-			"vmware_image_version": "1", "image_type": nil, "backup_type": nil, "instance_uuid": nil} {
+			"vmware_image_version": "1", "image_type": "backup", "backup_type": "daily", "instance_uuid": id} {
 			if im[k] != want {
 				t.Errorf("backup image %s: %s = %v, want %v", name, k, im[k], want)
 			}
@@ -110,24 +110,42 @@ func TestBackupRotatesThroughNovaAPI(t *testing.T) {
 		return imageID
 	}
 
-	rotation := func() {
+	// rotation waits for _rotate_backups' query of the backups: found is
+	// what glance listed, excess what it deletes.
+	rotation := func(found, excess int) {
 		t.Helper()
 		line := agent.waitLog(t, 30*time.Second, func(m map[string]any) bool {
-			return m["message"] == "found backup images" && m["instance_uuid"] == id
+			return m["message"] == "found backup images" && m["instance_uuid"] == id && m["num_images"] == float64(found)
 		})
-		if line["num_images"] != float64(len(backups())) || line["rotation"] != float64(1) {
+		if line["rotation"] != float64(1) {
 			t.Errorf("rotation: %v", line)
+		}
+		if excess > 0 {
+			agent.waitLog(t, 30*time.Second, func(m map[string]any) bool {
+				return m["message"] == "rotating out backups" && m["instance_uuid"] == id && m["excess"] == float64(excess)
+			})
 		}
 	}
 	first := backup("backup-a-1")
 	waitActionEvent(t, ctrl, id, "createBackup", "compute_backup_instance", "Success")
-	rotation()
+	rotation(1, 0)
 	second := backup("backup-a-2")
-	rotation()
-	for _, im := range []string{first, second} {
-		if got, err := ctrl.Do(ctx, "GET", ctrl.GlanceURL+"/v2/images/"+im, nil, gh); err != nil || got["status"] != "active" {
-			t.Errorf("backup %s after the rotation: %v %v, want active (nothing rotated out)", im, got["status"], err)
+	rotation(2, 1)
+	// The oldest backup is gone from glance, the newest stays.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		_, err := ctrl.Do(ctx, "GET", ctrl.GlanceURL+"/v2/images/"+first, nil, gh)
+		if cp.StatusCode(err) == http.StatusNotFound {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backup %s after the rotation: %v, want it rotated out (404)", first, err)
+		}
+	}
+	if got, err := ctrl.Do(ctx, "GET", ctrl.GlanceURL+"/v2/images/"+second, nil, gh); err != nil || got["status"] != "active" {
+		t.Errorf("newest backup %s after the rotation: %v %v, want active", second, got["status"], err)
+	}
+	if left := backups(); len(left) != 1 || left[0]["id"] != second {
+		t.Errorf("the server's backups after the rotation: %v, want only %s", left, second)
 	}
 	s, err := ctrl.NovaGET(ctx, "/servers/"+id)
 	if err != nil {
