@@ -149,10 +149,6 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 	if err := req.DecodeArgs(&args); err != nil {
 		return nil, err
 	}
-	var raw createArgs
-	if err := req.DecodeArgs(&raw); err != nil {
-		return nil, err
-	}
 	vol := args.Volume
 	id := vol.str("id")
 	if id == "" {
@@ -196,7 +192,10 @@ func (m *Manager) createVolume(ctx context.Context, req *rpc.Request) (any, erro
 		// a failed copy of an image is the flow's ImageCopyFailure (every
 		// failure of the driver's copy_image_to_volume becomes one), which
 		// is not rescheduled
-		if raw.wantsReschedule() && reschedulable(err) && imageID == "" {
+		// the arguments again, raw, only on this rare path: a reschedule
+		// sends them back to the scheduler as they came
+		var raw createArgs
+		if req.DecodeArgs(&raw) == nil && raw.wantsReschedule() && reschedulable(err) && imageID == "" {
 			log.Error().Err(err).Msg("create_volume failed: rescheduling")
 			if fromNothing {
 				m.userMessage(ctx, req.Context, "VOLUME", id, actionCreateFromBackend, detailDriverFailedCreate)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/vcagent/vcagent/rpc"
@@ -81,30 +82,21 @@ func rescheduleMessage(a createArgs, volumeID string, cause error, scheduledAt s
 		}
 	}
 
-	props := map[string]any{}
-	for k, v := range a.FilterProperties {
-		props[k] = v
+	props := maps.Clone(a.FilterProperties)
+	if props == nil {
+		props = map[string]any{}
 	}
 	retry, _ := props["retry"].(map[string]any)
 	if retry == nil {
 		retry = map[string]any{}
 	}
-	retry = copyObject(retry)
+	retry = maps.Clone(retry)
 	retry["exc"] = formatException(cause)
 	props["retry"] = retry
 	return map[string]any{
 		"volume": vol, "request_spec": spec, "filter_properties": props,
 		"snapshot_id": nil, "image_id": nil, "backup_id": nil,
 	}, nil
-}
-
-// copyObject copies a JSON object.
-func copyObject(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // markChanged adds fields to an object primitive's changes, as

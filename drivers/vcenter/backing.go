@@ -284,21 +284,17 @@ func backingConfigSpec(name, volumeID, datastore string) types.VirtualMachineCon
 // Cost: 2 SOAP round trips (FindAllByUuid, RetrievePropertiesEx); 1 when
 // there is none.
 func (s *Session) FindBacking(ctx context.Context, volumeID string) (Backing, error) {
-	op := fmt.Sprintf("find backing of volume %s", volumeID)
+	ref, err := s.FindBackingRef(ctx, volumeID)
+	if err != nil {
+		return Backing{}, err
+	}
 	c := s.activeClient()
 	if c == nil {
-		return Backing{}, wrapErr(op, ErrNotLoggedIn)
-	}
-	if volumeID == "" {
-		return Backing{}, wrapErr(op, fmt.Errorf("%w: empty volume id", ErrInvalidArgument))
-	}
-	ref, err := findBackingRef(ctx, c, volumeID)
-	if err != nil {
-		return Backing{}, wrapErr(op, err)
+		return Backing{}, wrapErr(fmt.Sprintf("find backing of volume %s", volumeID), ErrNotLoggedIn)
 	}
 	b, err := s.readBacking(ctx, c, ref)
 	if err != nil {
-		return Backing{}, wrapVMErr(op, err)
+		return Backing{}, wrapVMErr(fmt.Sprintf("find backing of volume %s", volumeID), err)
 	}
 	return b, nil
 }
